@@ -1,0 +1,19 @@
+//! One corekv shard's data.
+//!
+//! A [`Keyspace`] holds a shard's databases: for each, a key index ([`table`]) whose entries are
+//! 32-bit handles into the shard's slab memory ([`slab_memory`]), where each item (header, key and
+//! value together) lives in a chunk of its size class. TTLs, approximated-LRU/random/TTL eviction
+//! under a byte budget, and exact memory accounting live here too.
+//!
+//! The engine knows nothing of the network or the runtime: it is a single-threaded data structure
+//! owned by one shard's executor, and every operation is synchronous and bounded.
+
+pub mod glob;
+mod keyspace;
+pub mod slab_memory;
+pub mod table;
+
+pub use keyspace::{
+    EngineConfig, EngineError, EvictionPolicy, Expiry, ExpireCycleStats, Keyspace, KeyspaceStats,
+    MemoryStats, ValueInfo,
+};

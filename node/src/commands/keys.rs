@@ -1,0 +1,1 @@
+//! Keyed key-space commands (TYPE, EXPIRE family, TTL family, PERSIST, OBJECT, MOVE, ...).

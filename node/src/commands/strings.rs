@@ -1,0 +1,1 @@
+//! Keyed string commands (GET, SET, INCR family, APPEND, GETRANGE, SETRANGE, ...).

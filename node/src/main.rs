@@ -1,0 +1,5 @@
+//! corekv-node: the corekv server binary.
+
+mod commands;
+
+fn main() {}

@@ -9,6 +9,7 @@
 //! owned by one shard's executor, and every operation is synchronous and bounded.
 
 pub mod glob;
+mod item;
 mod keyspace;
 pub mod slab_memory;
 pub mod table;

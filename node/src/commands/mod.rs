@@ -75,3 +75,58 @@ impl CommandSpec {
         self.flags.contains(&flag)
     }
 }
+
+/// Every command corekv knows.
+pub fn all() -> impl Iterator<Item = &'static CommandSpec> {
+    strings::SPECS.iter().chain(keys::SPECS).chain(crate::coord::SPECS)
+}
+
+/// Longest command name corekv knows, for the case-folding buffer of [`lookup`].
+const MAX_NAME_LEN: usize = 32;
+
+fn table() -> &'static ahash::HashMap<&'static [u8], &'static CommandSpec> {
+    static TABLE: std::sync::OnceLock<ahash::HashMap<&'static [u8], &'static CommandSpec>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut map = ahash::HashMap::default();
+        for spec in all() {
+            assert!(spec.name.len() <= MAX_NAME_LEN, "command name too long: {}", spec.name);
+            assert!(spec.name.bytes().all(|b| !b.is_ascii_uppercase()), "{} is not lower-case", spec.name);
+            let previous = map.insert(spec.name.as_bytes(), spec);
+            assert!(previous.is_none(), "command {} defined twice", spec.name);
+        }
+        map
+    })
+}
+
+/// Finds a command by name, ignoring ASCII case, without allocating.
+pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    if name.len() > MAX_NAME_LEN {
+        return None;
+    }
+    let mut folded = [0u8; MAX_NAME_LEN];
+    let folded = &mut folded[..name.len()];
+    folded.copy_from_slice(name);
+    folded.make_ascii_lowercase();
+    table().get(&*folded).copied()
+}
+
+/// Redis's text for an unknown command: the name and the start of the arguments, each cut at
+/// 128 bytes in total.
+pub fn unknown_command_error(args: &[Bytes]) -> String {
+    let name = String::from_utf8_lossy(&args[0]);
+    let name: String = name.chars().take(128).collect();
+    let mut listed = String::new();
+    for arg in &args[1..] {
+        if listed.len() >= 128 {
+            break;
+        }
+        let room = 128 - listed.len();
+        let text = String::from_utf8_lossy(arg);
+        let cut: String = text.chars().take(room).collect();
+        listed.push('\'');
+        listed.push_str(&cut);
+        listed.push_str("' ");
+    }
+    format!("ERR unknown command '{name}', with args beginning with: {listed}")
+}

@@ -1,0 +1,268 @@
+//! INFO and CONFIG GET: the node's state as text, gathered from every shard.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use crate::config::policy_name;
+use crate::conn::Connection;
+use crate::node::{NodeShared, Settings};
+use crate::shard::{CallReply, ShardCall, ShardReport};
+use crate::stats::CommandStats;
+
+/// The Redis version whose command semantics corekv follows (reported as `redis_version`, since
+/// clients use it to pick features).
+pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
+
+const DEFAULT_SECTIONS: &[&str] =
+    &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace"];
+const ALL_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "commandstats",
+    "keyspace",
+];
+
+/// Renders the INFO sections named in `args` (none: the default set; `all`/`everything`: all).
+pub async fn render(conn: &Connection, args: &[Bytes]) -> String {
+    let mut wanted: Vec<&str> = Vec::new();
+    if args.is_empty() {
+        wanted.extend_from_slice(DEFAULT_SECTIONS);
+    }
+    for arg in args {
+        let name = String::from_utf8_lossy(arg).to_ascii_lowercase();
+        match name.as_str() {
+            "all" | "everything" => wanted.extend_from_slice(ALL_SECTIONS),
+            "default" => wanted.extend_from_slice(DEFAULT_SECTIONS),
+            other => {
+                if let Some(section) = ALL_SECTIONS.iter().find(|s| **s == other) {
+                    wanted.push(section);
+                }
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    wanted.retain(|s| {
+        let first = !seen.contains(s);
+        seen.push(*s);
+        first
+    });
+
+    let reports: Vec<ShardReport> = conn
+        .shard
+        .call_all(|_| ShardCall::Report)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            CallReply::Report(report) => Some(*report),
+            _ => None,
+        })
+        .collect();
+    let node = &conn.shard.node;
+    let settings = node.settings();
+    let mut text = String::new();
+    for section in wanted {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        section_text(&mut text, section, node, &settings, &reports);
+    }
+    text
+}
+
+fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &Settings, reports: &[ShardReport]) {
+    let uptime = node.started.elapsed().as_secs();
+    // Section headers ("# Server") stand alone; every other line is "key:value".
+    let mut line = |key: &str, value: &dyn std::fmt::Display| {
+        let _ = if key.starts_with('#') { write!(out, "{key}\r\n") } else { write!(out, "{key}:{value}\r\n") };
+    };
+    match section {
+        "server" => {
+            line("# Server", &"");
+            line("redis_version", &REDIS_COMPAT_VERSION);
+            line("corekv_version", &env!("CARGO_PKG_VERSION"));
+            line("redis_mode", &"standalone");
+            line("os", &std::env::consts::OS);
+            line("arch_bits", &64);
+            line("multiplexing_api", &"io_uring");
+            line("process_id", &std::process::id());
+            line("run_id", &node.run_id);
+            line("tcp_port", &node.port);
+            line("uptime_in_seconds", &uptime);
+            line("uptime_in_days", &(uptime / 86400));
+            line("hz", &10);
+            line("shards", &node.config.shards);
+            line("executable", &std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default());
+            line("config_file", &"");
+        }
+        "clients" => {
+            line("# Clients", &"");
+            line("connected_clients", &node.connected_clients.load(Ordering::Relaxed));
+            line("maxclients", &settings.max_clients);
+            line("blocked_clients", &0);
+        }
+        "memory" => {
+            let used: u64 = reports.iter().map(|r| r.memory.used_bytes).sum();
+            let dataset: u64 = reports.iter().map(|r| r.memory.dataset_bytes).sum();
+            let items: u64 = reports.iter().map(|r| r.memory.items).sum();
+            let index: u64 = reports.iter().map(|r| r.memory.index_bytes).sum();
+            let pages: u64 = reports.iter().map(|r| r.memory.slab_page_bytes).sum();
+            let chunks: u64 = reports.iter().map(|r| r.memory.slab_used_bytes).sum();
+            let large: u64 = reports.iter().map(|r| r.memory.large_bytes).sum();
+            let rss = resident_bytes();
+            line("# Memory", &"");
+            line("used_memory", &used);
+            line("used_memory_human", &human_bytes(used));
+            line("used_memory_rss", &rss);
+            line("used_memory_rss_human", &human_bytes(rss));
+            line("used_memory_dataset", &dataset);
+            line("used_memory_overhead", &used.saturating_sub(dataset));
+            line("used_memory_index", &index);
+            line("used_memory_slab_pages", &pages);
+            line("used_memory_slab_chunks", &chunks);
+            line("used_memory_large_values", &large);
+            line("keys_in_memory", &items);
+            line("overhead_per_key", &if items > 0 { used.saturating_sub(dataset) / items } else { 0 });
+            line("maxmemory", &settings.maxmemory_bytes);
+            line("maxmemory_human", &human_bytes(settings.maxmemory_bytes));
+            line("maxmemory_policy", &policy_name(settings.maxmemory_policy));
+            // Slab fragmentation: page bytes not holding an item, relative to those that do.
+            let slab_ratio = if chunks > 0 { pages as f64 / chunks as f64 } else { 1.0 };
+            line("slab_fragmentation_ratio", &format!("{slab_ratio:.2}"));
+            let rss_ratio = if used > 0 { rss as f64 / used as f64 } else { 1.0 };
+            line("mem_fragmentation_ratio", &format!("{rss_ratio:.2}"));
+            line("mem_allocator", &"corekv-slab");
+        }
+        "persistence" => {
+            line("# Persistence", &"");
+            line("loading", &0);
+            line("durability", &"none");
+            line("rdb_changes_since_last_save", &0);
+            line("rdb_bgsave_in_progress", &0);
+            line("aof_enabled", &0);
+            line("aof_rewrite_in_progress", &0);
+        }
+        "stats" => {
+            let calls: u64 = reports.iter().map(|r| r.commands.total_calls()).sum();
+            let keyspace = reports.iter().fold(corekv_engine::KeyspaceStats::default(), |mut acc, r| {
+                acc.expired_keys += r.keyspace.expired_keys;
+                acc.evicted_keys += r.keyspace.evicted_keys;
+                acc.keyspace_hits += r.keyspace.keyspace_hits;
+                acc.keyspace_misses += r.keyspace.keyspace_misses;
+                acc
+            });
+            line("# Stats", &"");
+            line("total_connections_received", &node.total_connections.load(Ordering::Relaxed));
+            line("total_commands_processed", &calls);
+            line("rejected_connections", &node.rejected_connections.load(Ordering::Relaxed));
+            line("expired_keys", &keyspace.expired_keys);
+            line("evicted_keys", &keyspace.evicted_keys);
+            line("keyspace_hits", &keyspace.keyspace_hits);
+            line("keyspace_misses", &keyspace.keyspace_misses);
+            line(
+                "expire_cycle_cpu_budget_exhausted",
+                &reports.iter().map(|r| r.expire_cycle_timeouts).sum::<u64>(),
+            );
+        }
+        "replication" => {
+            line("# Replication", &"");
+            line("role", &"master");
+            line("connected_slaves", &0);
+        }
+        "cpu" => {
+            let (user, system) = cpu_seconds();
+            line("# CPU", &"");
+            line("used_cpu_sys", &format!("{system:.6}"));
+            line("used_cpu_user", &format!("{user:.6}"));
+        }
+        "commandstats" => {
+            let mut total = CommandStats::default();
+            for report in reports {
+                total.merge(&report.commands);
+            }
+            line("# Commandstats", &"");
+            for (name, stat) in total.iter() {
+                let per_call = if stat.calls > 0 { stat.usec as f64 / stat.calls as f64 } else { 0.0 };
+                line(
+                    &format!("cmdstat_{name}"),
+                    &format!(
+                        "calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}",
+                        stat.calls, stat.usec, stat.rejected_calls, stat.failed_calls
+                    ),
+                );
+            }
+        }
+        "keyspace" => {
+            line("# Keyspace", &"");
+            for db in 0..node.config.databases {
+                let (keys, expires) = reports
+                    .iter()
+                    .filter_map(|r| r.databases.get(db))
+                    .fold((0, 0), |(k, e), (keys, expires)| (k + keys, e + expires));
+                if keys > 0 {
+                    line(&format!("db{db}"), &format!("keys={keys},expires={expires},avg_ttl=0"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The parameters CONFIG GET reports, with their current values.
+pub fn config_values(node: &NodeShared, settings: &Settings) -> Vec<(String, String)> {
+    let c = &node.config;
+    vec![
+        ("bind".into(), c.bind.to_string()),
+        ("port".into(), node.port.to_string()),
+        ("databases".into(), c.databases.to_string()),
+        ("dir".into(), c.data_dir.display().to_string()),
+        ("maxclients".into(), settings.max_clients.to_string()),
+        ("maxmemory".into(), settings.maxmemory_bytes.to_string()),
+        ("maxmemory-policy".into(), policy_name(settings.maxmemory_policy).into()),
+        ("maxmemory-samples".into(), settings.maxmemory_samples.to_string()),
+        ("proto-max-bulk-len".into(), (512u64 * 1024 * 1024).to_string()),
+        ("client-query-buffer-limit".into(), (1024u64 * 1024 * 1024).to_string()),
+        ("hz".into(), "10".into()),
+        ("save".into(), String::new()),
+        ("appendonly".into(), "no".into()),
+        ("timeout".into(), "0".into()),
+        ("shards".into(), c.shards.to_string()),
+    ]
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.2}{}", UNITS[unit])
+    }
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn cpu_seconds() -> (f64, f64) {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            (secs(usage.user_time()), secs(usage.system_time()))
+        }
+        Err(_) => (0.0, 0.0),
+    }
+}

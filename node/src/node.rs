@@ -1,0 +1,324 @@
+//! Starting and stopping a node: listeners, one glommio executor per shard, the channel mesh,
+//! signals and graceful shutdown.
+//!
+//! ```text
+//! main thread: resolve config ─ check data dir ─ check port ─ bind N SO_REUSEPORT listeners
+//!   ├─ shard 0 executor: join mesh ─ serve peers ─ expiry task ─ accept loop ─▶ connections
+//!   ├─ shard 1 executor: ...
+//!   └─ waits for SIGINT/SIGTERM (SHUTDOWN raises SIGTERM), then shuts the listeners:
+//!      each shard stops accepting, ends its idle connections after their current batch,
+//!      waits until every shard's connections are gone, and returns.
+//! ```
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corekv_engine::{EngineConfig, EvictionPolicy, Keyspace};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::config::Config;
+use crate::shard::{Shard, ShardMsg};
+
+/// Capacity of each cross-shard channel (messages, each a batch of up to 1024 commands).
+const MESH_CHANNEL_CAPACITY: usize = 256;
+/// Active expiry runs every 100 ms (Redis's hz 10) with at most 25 ms of work.
+const EXPIRE_PERIOD: Duration = Duration::from_millis(100);
+const EXPIRE_BUDGET: Duration = Duration::from_millis(25);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start shard {shard}: {message} (io_uring needs kernel >= 5.8, enough locked memory (ulimit -l) and must not be blocked by seccomp)")]
+    Executor { shard: usize, message: String },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(nix::Error),
+}
+
+/// Settings CONFIG SET can change while the node runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub maxmemory_bytes: u64,
+    pub maxmemory_policy: EvictionPolicy,
+    pub maxmemory_samples: usize,
+    pub max_clients: usize,
+}
+
+/// What all shards share: immutable configuration and a few counters. Nothing here is touched on
+/// the per-request path except relaxed atomics at connect/disconnect.
+pub struct NodeShared {
+    pub config: Config,
+    pub port: u16,
+    settings: Mutex<Settings>,
+    pub max_clients: AtomicUsize,
+    pub connected_clients: AtomicUsize,
+    pub next_client_id: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub shutting_down: AtomicBool,
+    pub started: Instant,
+    pub run_id: String,
+    listener_fds: Vec<RawFd>,
+}
+
+impl NodeShared {
+    pub fn settings(&self) -> Settings {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn store_settings(&self, settings: &Settings) {
+        self.max_clients.store(settings.max_clients, Ordering::Relaxed);
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
+    }
+
+    pub fn reset_stats(&self) {
+        self.total_connections.store(0, Ordering::Relaxed);
+        self.rejected_connections.store(0, Ordering::Relaxed);
+    }
+
+    /// SHUTDOWN: the main thread's signal wait sees SIGTERM and stops the node as for a signal.
+    pub fn request_shutdown(&self) {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// Runs a node until it is told to stop. Returns once every shard has finished.
+pub fn run(config: Config) -> Result<(), StartError> {
+    prepare_data_dir(&config)?;
+    let (listeners, port) = bind_listeners(&config)?;
+
+    // Shard threads inherit this mask, so SIGINT/SIGTERM reach only the main thread's sigwait.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().map_err(StartError::Signals)?;
+
+    let settings = Settings {
+        maxmemory_bytes: config.maxmemory_bytes,
+        maxmemory_policy: config.maxmemory_policy,
+        maxmemory_samples: 5,
+        max_clients: config.max_clients,
+    };
+    let node = Arc::new(NodeShared {
+        port,
+        max_clients: AtomicUsize::new(config.max_clients),
+        settings: Mutex::new(settings),
+        connected_clients: AtomicUsize::new(0),
+        next_client_id: AtomicU64::new(1),
+        total_connections: AtomicU64::new(0),
+        rejected_connections: AtomicU64::new(0),
+        shutting_down: AtomicBool::new(false),
+        started: Instant::now(),
+        run_id: run_id(),
+        listener_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        config: config.clone(),
+    });
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = config.pin && config.shards <= cores;
+    let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let mut handles = Vec::with_capacity(config.shards);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let placement = if pin { Placement::Fixed(id) } else { Placement::Unbound };
+        let node = node.clone();
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let listener_fd = listener.into_raw_fd();
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .spawn(move || shard_main(id, node, mesh, listener_fd, ready));
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => return Err(StartError::Executor { shard: id, message: e.to_string() }),
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(message)) => return Err(StartError::Executor { shard: 0, message }),
+            Err(_) => return Err(StartError::Executor { shard: 0, message: "a shard exited during start-up".into() }),
+        }
+    }
+    println!(
+        "corekv-node {} ready: listening on {}:{}, {} shards, data dir {}",
+        env!("CARGO_PKG_VERSION"),
+        config.bind,
+        port,
+        config.shards,
+        config.data_dir.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let signal = signals.wait().map_err(StartError::Signals)?;
+    tracing::info!("received {signal:?}: stopping (in-flight requests finish first)");
+    node.shutting_down.store(true, Ordering::Release);
+    for &fd in &node.listener_fds {
+        // A pending accept on a shut-down listening socket fails at once, which wakes each shard.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
+    let path = &config.data_dir;
+    let error = |source| StartError::DataDir { path: path.display().to_string(), source };
+    std::fs::create_dir_all(path).map_err(error)?;
+    let probe = path.join(".corekv-write-probe");
+    std::fs::write(&probe, b"probe").map_err(error)?;
+    std::fs::remove_file(&probe).map_err(error)?;
+    Ok(())
+}
+
+/// Binds one SO_REUSEPORT listener per shard on the same address. The port is first claimed with
+/// a plain bind (no SO_REUSEPORT), which fails if anything — another corekv node included —
+/// already listens there; port 0 picks a free port the same way.
+fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let requested = SocketAddr::new(config.bind, config.port);
+    let listen_error = |source| StartError::Listen { addr: requested, source };
+    let probe = std::net::TcpListener::bind(requested).map_err(listen_error)?;
+    let port = probe.local_addr().map_err(listen_error)?.port();
+    drop(probe);
+    let addr = SocketAddr::new(config.bind, port);
+    let listen_error = |source| StartError::Listen { addr, source };
+    let mut sockets = Vec::with_capacity(config.shards);
+    for _ in 0..config.shards {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(listen_error)?;
+        socket.set_reuse_address(true).map_err(listen_error)?;
+        socket.set_reuse_port(true).map_err(listen_error)?;
+        socket.set_nonblocking(true).map_err(listen_error)?;
+        socket.bind(&addr.into()).map_err(listen_error)?;
+        socket.listen(1024).map_err(listen_error)?;
+        sockets.push(socket);
+    }
+    Ok((sockets, port))
+}
+
+fn run_id() -> String {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut state = seed as u64 ^ (std::process::id() as u64).rotate_left(32);
+    (0..40)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from_digit((state % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect()
+}
+
+async fn shard_main(
+    id: usize,
+    node: Arc<NodeShared>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    listener_fd: RawFd,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(ends) => ends,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} could not join the channel mesh: {e}")));
+            return;
+        }
+    };
+    let settings = node.settings();
+    let keyspace = Keyspace::new(EngineConfig {
+        databases: node.config.databases,
+        maxmemory_bytes: settings.maxmemory_bytes / node.config.shards as u64,
+        policy: settings.maxmemory_policy,
+        eviction_samples: settings.maxmemory_samples,
+    });
+    let shard = Rc::new(Shard::new(id, node.clone(), keyspace, senders));
+
+    for (_peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = receiver.recv().await {
+                shard.handle_msg(msg);
+            }
+        })
+        .detach();
+    }
+
+    let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "expiry");
+    let expiry_shard = shard.clone();
+    let expiry = glommio::spawn_local_into(
+        async move {
+            while !expiry_shard.node.is_shutting_down() {
+                glommio::timer::sleep(EXPIRE_PERIOD).await;
+                let started = Instant::now();
+                let mut deadline = || started.elapsed() >= EXPIRE_BUDGET;
+                let stats = expiry_shard
+                    .keyspace
+                    .borrow_mut()
+                    .active_expire_cycle(crate::shard::now_ms(), &mut deadline);
+                if stats.timed_out {
+                    expiry_shard.expire_cycle_timeouts.set(expiry_shard.expire_cycle_timeouts.get() + 1);
+                }
+            }
+        },
+        background,
+    );
+    if let Ok(task) = expiry {
+        task.detach();
+    }
+
+    // SAFETY: the fd is a bound, listening, non-blocking TCP socket created by `bind_listeners`
+    // and handed to this shard alone (its owner gave it up with `into_raw_fd`).
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener_fd) };
+    let _ = ready.send(Ok(id));
+    let live = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if node.is_shutting_down() {
+                    break;
+                }
+                let shard = shard.clone();
+                let live = live.clone();
+                live.set(live.get() + 1);
+                glommio::spawn_local(async move {
+                    crate::conn::serve(shard, stream).await;
+                    live.set(live.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                if node.is_shutting_down() {
+                    break;
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("shard {id}: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    // Graceful stop: idle connections see end-of-file now; busy ones finish their batch first.
+    // Every shard keeps serving its peers until all connections of the node are gone, so a
+    // request in flight on another shard can still reach this one.
+    shard.close_all_clients();
+    while node.connected_clients.load(Ordering::Acquire) > 0 {
+        shard.close_all_clients();
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}

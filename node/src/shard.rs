@@ -1,0 +1,323 @@
+//! One shard: the state its executor owns, and the messages other shards send it.
+//!
+//! A [`Shard`] lives in one executor thread (`Rc`, never shared). It owns its [`Keyspace`], the
+//! registry of the connections it accepted, and its statistics. Other shards reach it only by
+//! [`ShardMsg`]s over the bounded channel mesh built at start-up: a `Batch` of keyed commands
+//! (run in order, replies encoded here in the caller's protocol) or a `Call` that multi-key and
+//! keyspace-wide commands use. Every reply travels back on a oneshot channel.
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use corekv_engine::{glob::glob_match, EngineError, EvictionPolicy, Expiry, Keyspace, KeyspaceStats, MemoryStats};
+use corekv_net::resp::{Protocol, ReplyEncoder};
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+
+use crate::client::ClientInfo;
+use crate::commands::{CommandSpec, ExecCtx, Handler};
+use crate::node::NodeShared;
+use crate::stats::CommandStats;
+
+/// Keyed commands sent to their owner shard, replies encoded in `protocol`, one per command.
+pub struct RemoteBatch {
+    pub db: usize,
+    pub protocol: Protocol,
+    pub commands: Vec<(&'static CommandSpec, Vec<Bytes>)>,
+    pub reply: oneshot::Sender<Vec<Bytes>>,
+}
+
+/// Work that multi-key and keyspace-wide commands ask of a shard.
+pub enum ShardCall {
+    MGet { db: usize, keys: Vec<Bytes> },
+    MSet { db: usize, pairs: Vec<(Bytes, Bytes)> },
+    Remove { db: usize, keys: Vec<Bytes> },
+    Exists { db: usize, keys: Vec<Bytes> },
+    Touch { db: usize, keys: Vec<Bytes> },
+    /// A key's value and absolute expiry, for RENAME/COPY.
+    Read { db: usize, key: Bytes },
+    /// Writes a value with an absolute expiry; with `if_absent`, only when the key does not exist.
+    Write { db: usize, key: Bytes, value: Bytes, expire_at_ms: Option<u64>, if_absent: bool },
+    DbSize { db: usize },
+    FlushDb { db: usize },
+    FlushAll,
+    Scan { db: usize, cursor: u64, count: usize, pattern: Option<Bytes>, type_filter: Option<Bytes> },
+    Keys { db: usize, pattern: Bytes },
+    RandomKey { db: usize, seed: u64 },
+    Report,
+    ResetStats,
+    SetLimits { maxmemory_bytes: u64, policy: EvictionPolicy, samples: usize },
+    ClientList { id_filter: Option<Vec<u64>> },
+    ClientKill { filter: crate::client::KillFilter },
+}
+
+pub enum CallReply {
+    Done,
+    Count(i64),
+    Values(Vec<Option<Bytes>>),
+    Entry(Option<(Bytes, Option<u64>)>),
+    Written(Result<bool, EngineError>),
+    Stored(Result<(), EngineError>),
+    Scanned { next_cursor: u64, keys: Vec<Bytes> },
+    Keys(Vec<Bytes>),
+    Key(Option<Bytes>),
+    Report(Box<ShardReport>),
+    Lines(Vec<String>),
+}
+
+pub enum ShardMsg {
+    Batch(RemoteBatch),
+    Call(ShardCall, oneshot::Sender<CallReply>),
+}
+
+/// What INFO needs from one shard.
+#[derive(Clone, Default)]
+pub struct ShardReport {
+    pub memory: MemoryStats,
+    pub keyspace: KeyspaceStats,
+    /// Per database: (keys, keys with a TTL).
+    pub databases: Vec<(usize, usize)>,
+    pub commands: CommandStats,
+    pub connected_clients: usize,
+    pub expire_cycle_timeouts: u64,
+}
+
+/// One registered connection.
+pub struct ClientSlot {
+    pub info: Rc<RefCell<ClientInfo>>,
+    pub fd: RawFd,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub node: Arc<NodeShared>,
+    pub keyspace: RefCell<Keyspace>,
+    scratch: RefCell<Vec<u8>>,
+    senders: Senders<ShardMsg>,
+    pub clients: RefCell<slab::Slab<ClientSlot>>,
+    pub commands: RefCell<CommandStats>,
+    pub expire_cycle_timeouts: std::cell::Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(id: usize, node: Arc<NodeShared>, keyspace: Keyspace, senders: Senders<ShardMsg>) -> Self {
+        let shards = node.config.shards;
+        Shard {
+            id,
+            shards,
+            node,
+            keyspace: RefCell::new(keyspace),
+            scratch: RefCell::new(Vec::new()),
+            senders,
+            clients: RefCell::new(slab::Slab::new()),
+            commands: RefCell::new(CommandStats::default()),
+            expire_cycle_timeouts: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Runs a keyed command on this shard, encoding its reply into `out`.
+    pub fn run_keyed(&self, spec: &'static CommandSpec, db: usize, args: &[Bytes], out: &mut ReplyEncoder<'_>) {
+        let Handler::Keyed(run) = spec.handler else {
+            unreachable!("run_keyed called for coordinated command {}", spec.name);
+        };
+        let started = Instant::now();
+        let mut keyspace = self.keyspace.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        let mut ctx = ExecCtx { keyspace: &mut keyspace, db, now_ms: now_ms(), scratch: &mut scratch };
+        run(&mut ctx, args, out);
+        self.commands.borrow_mut().record(spec, started.elapsed());
+    }
+
+    /// Sends a batch of keyed commands to `target` (another shard) and returns its replies.
+    pub async fn send_batch(
+        &self,
+        target: usize,
+        db: usize,
+        protocol: Protocol,
+        commands: Vec<(&'static CommandSpec, Vec<Bytes>)>,
+    ) -> Vec<Bytes> {
+        debug_assert_ne!(target, self.id);
+        let (reply, receiver) = oneshot::channel();
+        let msg = ShardMsg::Batch(RemoteBatch { db, protocol, commands, reply });
+        if self.senders.send_to(target, msg).await.is_err() {
+            return Vec::new();
+        }
+        receiver.await.unwrap_or_default()
+    }
+
+    /// Runs `call` on shard `target` (here when it is this shard).
+    pub async fn call(&self, target: usize, call: ShardCall) -> CallReply {
+        if target == self.id {
+            return self.handle_call(call);
+        }
+        let (reply, receiver) = oneshot::channel();
+        if self.senders.send_to(target, ShardMsg::Call(call, reply)).await.is_err() {
+            return CallReply::Done;
+        }
+        receiver.await.unwrap_or(CallReply::Done)
+    }
+
+    /// Runs `make(shard)` on every shard concurrently and returns the replies in shard order.
+    pub async fn call_all(&self, make: impl Fn(usize) -> ShardCall) -> Vec<CallReply> {
+        futures::future::join_all((0..self.shards).map(|s| self.call(s, make(s)))).await
+    }
+
+    /// Serves one message from another shard.
+    pub fn handle_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Batch(batch) => {
+                let mut out = BytesMut::with_capacity(64 * batch.commands.len());
+                let mut replies = Vec::with_capacity(batch.commands.len());
+                for (spec, args) in &batch.commands {
+                    let mut encoder = ReplyEncoder::new(&mut out, batch.protocol);
+                    self.run_keyed(spec, batch.db, args, &mut encoder);
+                    replies.push(out.split().freeze());
+                }
+                // The requester may have gone (its connection closed): nothing to do then.
+                let _ = batch.reply.send(replies);
+            }
+            ShardMsg::Call(call, reply) => {
+                let _ = reply.send(self.handle_call(call));
+            }
+        }
+    }
+
+    pub fn handle_call(&self, call: ShardCall) -> CallReply {
+        let now = now_ms();
+        let mut ks = self.keyspace.borrow_mut();
+        match call {
+            ShardCall::MGet { db, keys } => CallReply::Values(
+                keys.iter().map(|k| ks.get(db, k, now).map(Bytes::copy_from_slice)).collect(),
+            ),
+            ShardCall::MSet { db, pairs } => {
+                for (key, value) in &pairs {
+                    if let Err(e) = ks.set(db, key, value, Expiry::Persist, now) {
+                        return CallReply::Stored(Err(e));
+                    }
+                }
+                CallReply::Stored(Ok(()))
+            }
+            ShardCall::Remove { db, keys } => {
+                CallReply::Count(keys.iter().filter(|k| ks.remove(db, k, now)).count() as i64)
+            }
+            ShardCall::Exists { db, keys } => {
+                CallReply::Count(keys.iter().filter(|k| ks.contains(db, k, now)).count() as i64)
+            }
+            ShardCall::Touch { db, keys } => {
+                CallReply::Count(keys.iter().filter(|k| ks.touch(db, k, now)).count() as i64)
+            }
+            ShardCall::Read { db, key } => {
+                let expire = ks.info(db, &key, now).map(|i| i.expire_at_ms);
+                CallReply::Entry(match expire {
+                    Some(expire_at) => ks.peek(db, &key, now).map(|v| (Bytes::copy_from_slice(v), expire_at)),
+                    None => None,
+                })
+            }
+            ShardCall::Write { db, key, value, expire_at_ms, if_absent } => {
+                if if_absent && ks.contains(db, &key, now) {
+                    return CallReply::Written(Ok(false));
+                }
+                let expiry = expire_at_ms.map_or(Expiry::Persist, Expiry::At);
+                CallReply::Written(ks.set(db, &key, &value, expiry, now).map(|()| true))
+            }
+            ShardCall::DbSize { db } => CallReply::Count(ks.len(db) as i64),
+            ShardCall::FlushDb { db } => {
+                ks.flush_db(db);
+                CallReply::Done
+            }
+            ShardCall::FlushAll => {
+                ks.flush_all();
+                CallReply::Done
+            }
+            ShardCall::Scan { db, cursor, count, pattern, type_filter } => {
+                let mut keys = Vec::new();
+                let string_type = type_filter.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
+                let next_cursor = ks.scan(db, cursor, count, now, &mut |key| {
+                    if string_type && pattern.as_deref().is_none_or(|p| glob_match(p, key, false)) {
+                        keys.push(Bytes::copy_from_slice(key));
+                    }
+                });
+                CallReply::Scanned { next_cursor, keys }
+            }
+            ShardCall::Keys { db, pattern } => {
+                let mut keys = Vec::new();
+                let all = pattern.as_ref() == b"*";
+                ks.for_each_key(db, now, &mut |key| {
+                    if all || glob_match(&pattern, key, false) {
+                        keys.push(Bytes::copy_from_slice(key));
+                    }
+                });
+                CallReply::Keys(keys)
+            }
+            ShardCall::RandomKey { db, seed } => {
+                CallReply::Key(ks.random_key(db, now, seed).map(Bytes::copy_from_slice))
+            }
+            ShardCall::Report => {
+                let databases = (0..ks.databases()).map(|db| (ks.len(db), ks.volatile_len(db))).collect();
+                CallReply::Report(Box::new(ShardReport {
+                    memory: ks.memory_stats(),
+                    keyspace: ks.stats(),
+                    databases,
+                    commands: self.commands.borrow().clone(),
+                    connected_clients: self.clients.borrow().len(),
+                    expire_cycle_timeouts: self.expire_cycle_timeouts.get(),
+                }))
+            }
+            ShardCall::ResetStats => {
+                ks.reset_stats();
+                *self.commands.borrow_mut() = CommandStats::default();
+                CallReply::Done
+            }
+            ShardCall::SetLimits { maxmemory_bytes, policy, samples } => {
+                ks.set_limits(maxmemory_bytes, policy);
+                let _ = samples;
+                CallReply::Done
+            }
+            ShardCall::ClientList { id_filter } => {
+                let now = Instant::now();
+                let clients = self.clients.borrow();
+                let lines = clients
+                    .iter()
+                    .map(|(_, c)| c.info.borrow())
+                    .filter(|info| id_filter.as_ref().is_none_or(|ids| ids.contains(&info.id)))
+                    .map(|info| info.describe(now))
+                    .collect();
+                CallReply::Lines(lines)
+            }
+            ShardCall::ClientKill { filter } => {
+                let clients = self.clients.borrow();
+                let mut killed = 0;
+                for (_, c) in clients.iter() {
+                    let mut info = c.info.borrow_mut();
+                    if filter.matches(&info) {
+                        info.killed = true;
+                        // Waking the connection's pending read ends it after its current batch.
+                        let _ = nix::sys::socket::shutdown(c.fd, nix::sys::socket::Shutdown::Both);
+                        killed += 1;
+                    }
+                }
+                CallReply::Count(killed)
+            }
+        }
+    }
+
+    /// Stops every connection of this shard after its current batch (graceful shutdown):
+    /// their pending reads return end-of-file.
+    pub fn close_all_clients(&self) {
+        for (_, c) in self.clients.borrow().iter() {
+            let _ = nix::sys::socket::shutdown(c.fd, nix::sys::socket::Shutdown::Read);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

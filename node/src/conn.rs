@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use corekv_net::resp::{Protocol, ReplyEncoder, RequestParser};
+use corekv_net::resp::{ParseError, Protocol, ReplyEncoder, RequestParser};
 use corekv_net::routing::key_shard;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -29,8 +29,11 @@ use crate::commands::{self, CommandSpec, Handler};
 use crate::coord;
 use crate::shard::Shard;
 
-/// Bytes asked of each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of a read, at first and at most. The read size doubles while reads fill it and
+/// shrinks back otherwise: the spare room has to be zeroed before each read, and small requests
+/// should not pay for zeroing a large chunk.
+const READ_CHUNK_MIN: usize = 4 * 1024;
+const READ_CHUNK_MAX: usize = 256 * 1024;
 /// Keyed commands queued for other shards before the connection stops to collect their replies.
 const MAX_REMOTE_QUEUE: usize = 1024;
 
@@ -63,6 +66,7 @@ pub struct Connection {
     slots: Vec<Slot>,
     batches: Vec<Vec<(&'static CommandSpec, Vec<Bytes>)>>,
     remote_pending: bool,
+    read_chunk: usize,
 }
 
 impl Connection {
@@ -74,13 +78,14 @@ impl Connection {
             db: 0,
             protocol: Protocol::Resp2,
             parser: RequestParser::new(Default::default()),
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            out: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: BytesMut::with_capacity(READ_CHUNK_MIN),
+            out: BytesMut::with_capacity(READ_CHUNK_MIN),
             staged: BytesMut::new(),
             args: Vec::with_capacity(8),
             slots: Vec::new(),
             batches: (0..shards).map(|_| Vec::new()).collect(),
             remote_pending: false,
+            read_chunk: READ_CHUNK_MIN,
         }
     }
 
@@ -92,7 +97,7 @@ impl Connection {
     pub async fn run(&mut self, stream: &mut TcpStream) {
         loop {
             let filled = self.rbuf.len();
-            self.rbuf.resize(filled + READ_CHUNK, 0);
+            self.rbuf.resize(filled + self.read_chunk, 0);
             let read = stream.read(&mut self.rbuf[filled..]).await;
             let n = match read {
                 Ok(0) | Err(_) => {
@@ -102,6 +107,11 @@ impl Connection {
                 Ok(n) => n,
             };
             self.rbuf.truncate(filled + n);
+            self.read_chunk = if n == self.read_chunk {
+                (self.read_chunk * 2).min(READ_CHUNK_MAX)
+            } else {
+                (self.read_chunk / 2).max(READ_CHUNK_MIN)
+            };
             let flow = self.process_input().await;
             if !self.out.is_empty() {
                 if stream.write_all(&self.out).await.is_err() {
@@ -128,6 +138,12 @@ impl Connection {
                     }
                 }
                 Ok(false) => break,
+                Err(ParseError::QueryBufferLimit) => {
+                    // Redis closes such a client without a reply (it logs the event instead).
+                    tracing::warn!("closing a client whose request exceeds the query buffer limit");
+                    flow = Flow::Close;
+                    break;
+                }
                 Err(error) => {
                     // Replies to the requests before the bad one go first, as in Redis.
                     self.flush_remote().await;

@@ -82,7 +82,6 @@ pub struct ShardReport {
     /// Per database: (keys, keys with a TTL).
     pub databases: Vec<(usize, usize)>,
     pub commands: CommandStats,
-    pub connected_clients: usize,
     pub expire_cycle_timeouts: u64,
 }
 
@@ -264,7 +263,6 @@ impl Shard {
                     keyspace: ks.stats(),
                     databases,
                     commands: self.commands.borrow().clone(),
-                    connected_clients: self.clients.borrow().len(),
                     expire_cycle_timeouts: self.expire_cycle_timeouts.get(),
                 }))
             }

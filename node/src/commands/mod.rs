@@ -70,10 +70,6 @@ impl CommandSpec {
             argc >= self.arity.unsigned_abs() as usize
         }
     }
-
-    pub fn has_flag(&self, flag: &str) -> bool {
-        self.flags.contains(&flag)
-    }
 }
 
 /// Every command corekv knows.

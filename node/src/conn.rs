@@ -173,8 +173,11 @@ impl Connection {
         self.info.borrow_mut().last_command = spec.name;
         match spec.handler {
             Handler::Keyed(_) => {
-                let key = &self.args[spec.first_key as usize];
-                let owner = key_shard(key, self.shard.shards as u32) as usize;
+                // A keyed command given no key (OBJECT HELP) answers wherever it is.
+                let owner = match self.args.get(spec.first_key as usize) {
+                    Some(key) => key_shard(key, self.shard.shards as u32) as usize,
+                    None => self.shard.id,
+                };
                 if owner == self.shard.id {
                     self.run_local(spec);
                 } else {

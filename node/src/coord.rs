@@ -13,6 +13,7 @@ use corekv_net::resp::Protocol;
 use corekv_net::routing::key_shard;
 
 use crate::client::{valid_client_name, KillFilter};
+use crate::commands::strings::parse_i64;
 use crate::commands::{self, CommandSpec, Handler};
 use crate::conn::{Connection, Flow};
 use crate::info;
@@ -71,20 +72,39 @@ pub static SPECS: &[CommandSpec] = &[
 const SYNTAX_ERROR: &str = "ERR syntax error";
 const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 
-/// Parses an integer the way Redis's `string2ll` does (no sign `+`, no leading zeros, no spaces).
-pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+/// Subcommands of the container commands, with Redis 7's arity (counting the container's name).
+const CLIENT_SUBCOMMANDS: &[(&str, i32)] = &[
+    ("id", 2),
+    ("setname", 3),
+    ("getname", 2),
+    ("list", -2),
+    ("info", 2),
+    ("setinfo", 4),
+    ("kill", -3),
+    ("help", 2),
+];
+const CONFIG_SUBCOMMANDS: &[(&str, i32)] = &[("get", -3), ("set", -4), ("resetstat", 2), ("help", 2)];
+const COMMAND_SUBCOMMANDS: &[(&str, i32)] =
+    &[("count", 2), ("list", -2), ("info", -2), ("docs", -2), ("getkeys", -4), ("help", 2)];
+
+/// Checks a container command's subcommand and its arity, replying Redis's error if either is
+/// wrong. Returns the lower-case subcommand name when the command may run.
+fn subcommand(conn: &mut Connection, args: &[Bytes], container: &str, table: &[(&str, i32)]) -> Option<String> {
+    let name = lower(&args[1]);
+    let Some(&(_, arity)) = table.iter().find(|(n, _)| *n == name) else {
+        conn.encoder().error(&format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            String::from_utf8_lossy(&args[1]),
+            container.to_ascii_uppercase()
+        ));
+        return None;
+    };
+    let fits = if arity >= 0 { args.len() == arity as usize } else { args.len() >= arity.unsigned_abs() as usize };
+    if !fits {
+        conn.encoder().error(&format!("ERR wrong number of arguments for '{container}|{name}' command"));
         return None;
     }
-    if digits.len() > 1 && digits.starts_with('0') {
-        return None;
-    }
-    if text == "-0" {
-        return None;
-    }
-    text.parse().ok()
+    Some(name)
 }
 
 fn lower(arg: &[u8]) -> String {
@@ -652,14 +672,10 @@ fn shutdown(conn: &mut Connection, args: &[Bytes]) -> Flow {
 }
 
 async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
-    let sub = lower(&args[1]);
-    let argc = args.len();
-    let wrong_args = |conn: &mut Connection| {
-        conn.encoder().error(&format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-            String::from_utf8_lossy(&args[1])
-        ))
+    let Some(sub) = subcommand(conn, args, "client", CLIENT_SUBCOMMANDS) else {
+        return Flow::Continue;
     };
+    let argc = args.len();
     match (sub.as_str(), argc) {
         ("id", 2) => {
             let id = conn.info.borrow().id;
@@ -747,7 +763,7 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
             }
             conn.encoder().bulk(text.as_bytes());
         }
-        ("kill", _) if argc >= 3 => {
+        ("kill", _) => {
             let my_id = conn.info.borrow().id;
             if argc == 3 {
                 // Old form: CLIENT KILL addr:port
@@ -827,13 +843,20 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                 enc.simple(line);
             }
         }
-        _ => wrong_args(conn),
+        _ => unreachable!("CLIENT {sub} passed the subcommand table"),
     }
     Flow::Continue
 }
 
 fn command(conn: &mut Connection, args: &[Bytes]) {
-    let sub = args.get(1).map(|a| lower(a));
+    let sub = if args.len() > 1 {
+        let Some(sub) = subcommand(conn, args, "command", COMMAND_SUBCOMMANDS) else {
+            return;
+        };
+        Some(sub)
+    } else {
+        None
+    };
     match sub.as_deref() {
         None => {
             let specs: Vec<_> = commands::all().collect();
@@ -843,7 +866,7 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
                 command_info(&mut enc, spec);
             }
         }
-        Some("count") if args.len() == 2 => {
+        Some("count") => {
             let n = commands::all().count();
             conn.encoder().integer(n as i64);
         }
@@ -897,7 +920,7 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
                 enc.bulk(if spec.first_key != 0 && spec.last_key < 0 { b"O(N)" } else { b"O(1)" });
             }
         }
-        Some("getkeys") if args.len() >= 3 => {
+        Some("getkeys") => {
             let Some(spec) = commands::lookup(&args[2]) else {
                 conn.encoder().error("ERR Invalid command specified");
                 return;
@@ -942,10 +965,7 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
                 enc.simple(line);
             }
         }
-        Some(_) => conn.encoder().error(&format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(&args[1])
-        )),
+        Some(other) => unreachable!("COMMAND {other} passed the subcommand table"),
     }
 }
 
@@ -984,7 +1004,9 @@ fn command_info(enc: &mut corekv_net::resp::ReplyEncoder<'_>, spec: &CommandSpec
 }
 
 async fn config(conn: &mut Connection, args: &[Bytes]) {
-    let sub = lower(&args[1]);
+    let Some(sub) = subcommand(conn, args, "config", CONFIG_SUBCOMMANDS) else {
+        return;
+    };
     match (sub.as_str(), args.len()) {
         ("get", n) if n >= 3 => {
             let settings = conn.shard.node.settings();
@@ -1047,10 +1069,8 @@ async fn config(conn: &mut Connection, args: &[Bytes]) {
                 enc.simple(line);
             }
         }
-        _ => conn.encoder().error(&format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(&args[1])
-        )),
+        ("set", _) => conn.encoder().error("ERR wrong number of arguments for 'config|set' command"),
+        _ => unreachable!("CONFIG {sub} passed the subcommand table"),
     }
 }
 

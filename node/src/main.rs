@@ -21,6 +21,14 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // A bug in one shard must not leave a half-alive node whose other shards wait forever on it:
+    // report the panic, then stop the whole process so a supervisor can restart it.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("corekv-node: internal error, aborting");
+        std::process::abort();
+    }));
     let cli = config::Cli::parse();
     let config = match config::Config::resolve(cli) {
         Ok(config) => config,

@@ -424,17 +424,32 @@ impl Node {
         self.stdout.lock().unwrap().clone()
     }
 
-    /// A PING on a brand-new connection answers PONG: the server is alive and serving.
+    /// The server is alive and serving on every shard: PING answers PONG on several brand-new
+    /// connections (which may be spread over shards), and a command touching keys on every shard
+    /// answers.
     pub fn assert_alive(&self) {
-        let mut raw = Raw::connect(self.port);
-        raw.send(b"*1\r\n$4\r\nPING\r\n").unwrap();
-        let r = raw.read_reply(Duration::from_secs(20));
-        assert_eq!(
-            r.as_deref().map(show),
-            Ok("+PONG\\r\\n".to_string()),
-            "server did not answer PING on a new connection (crashed?); stderr:\n{}",
-            self.stderr()
-        );
+        for i in 0..4 {
+            let mut raw = Raw::connect(self.port);
+            raw.send(b"*1\r\n$4\r\nPING\r\n").unwrap();
+            let r = raw.read_reply(Duration::from_secs(20));
+            assert_eq!(
+                r.as_deref().map(show),
+                Ok("+PONG\\r\\n".to_string()),
+                "server did not answer PING on new connection #{i} (crashed or a shard died?); stderr:\n{}",
+                self.stderr()
+            );
+            if i == 0 {
+                let mut cmd = vec!["EXISTS".to_string()];
+                cmd.extend(spread_keys("alive"));
+                raw.send_cmd(&cmd).unwrap();
+                let r = raw.read_reply(Duration::from_secs(20));
+                assert!(
+                    matches!(&r, Ok(b) if b.first() == Some(&b':')),
+                    "EXISTS over keys on every shard did not answer: {r:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
     }
 
     /// Sends `signal` and waits for the process to exit; returns its exit status.

@@ -34,11 +34,7 @@ fn width(code: u8) -> usize {
 
 /// Bytes an item needs.
 pub fn size(klen: usize, vlen: usize, ttl: bool) -> usize {
-    4 + if ttl { 8 } else { 0 }
-        + width(width_code(klen))
-        + width(width_code(vlen))
-        + klen
-        + vlen
+    4 + if ttl { 8 } else { 0 } + width(width_code(klen)) + width(width_code(vlen)) + klen + vlen
 }
 
 /// The parsed header of an item.
@@ -95,7 +91,13 @@ pub fn layout(buf: &[u8]) -> Layout {
 }
 
 /// Writes the header and the key; returns where the value goes.
-pub fn write_head(buf: &mut [u8], klen: usize, vlen: usize, expire_at: Option<u64>, lru: u32) -> usize {
+pub fn write_head(
+    buf: &mut [u8],
+    klen: usize,
+    vlen: usize,
+    expire_at: Option<u64>,
+    lru: u32,
+) -> usize {
     let kc = width_code(klen);
     let vc = width_code(vlen);
     buf[0] = LIVE | (kc << 1) | (vc << 3) | if expire_at.is_some() { TTL } else { 0 };

@@ -1,6 +1,7 @@
 //! The shard's value memory: every item (header, key and value together) lives in one chunk.
 //!
-//! Small items go into chunks of a size class carved from 1 MiB pages, so a shard holding millions
+//! Small items go into chunks of a size class carved from pages (1 MiB, or smaller under a small
+//! memory budget, see [`SlabMemory::set_page_size`]), so a shard holding millions
 //! of keys makes no per-key heap allocation and its memory use is known exactly. Classes are the
 //! multiples of 8 bytes from 16 to 256, then grow by about 1.125× (rounded up to 8) up to
 //! [`MAX_CHUNK`] (64 KiB). A page belongs to one class while it holds items; once it is completely
@@ -12,8 +13,9 @@
 //! A chunk is named by a 32-bit [`Handle`]: bit 31 clear means a page chunk, with the page index in
 //! bits 17..31 and the offset inside the page in 8-byte units in bits 0..17; bit 31 set means a
 //! large allocation whose slab key is in the low 31 bits. 14 page bits allow [`MAX_PAGES`] = 16384
-//! pages, i.e. **at most 16 GiB of small items per shard**; past that, allocations fail (the
-//! keyspace reports it as out of memory).
+//! pages, i.e. **at most 16 GiB of small items per shard** with 1 MiB pages (smaller pages are only
+//! used under budgets far below that); past that, allocations fail (the keyspace reports it as out
+//! of memory).
 //!
 //! Free chunks are kept on an intrusive list per page (the first byte of a free chunk is 0, which a
 //! live item header never is, and bytes 4..8 hold the next free offset), and each class keeps the
@@ -21,7 +23,7 @@
 
 use slab::Slab;
 
-/// Bytes per page.
+/// Bytes per page (the largest page size; the handle's offset field is sized for it).
 pub const PAGE_SIZE: usize = 1 << 20;
 /// Allocation granularity inside a page; offsets are stored in these units.
 const UNIT: usize = 8;
@@ -51,11 +53,12 @@ struct Page {
     bump: u32,
     /// Index of this page in its class's `nonfull` list, or `NONE`.
     nonfull_pos: u32,
+    /// Chunks that fit in this page (pages made under different page sizes coexist).
+    chunks: u32,
 }
 
 struct Class {
     size: u32,
-    chunks_per_page: u32,
     /// Pages of this class with at least one free chunk.
     nonfull: Vec<u32>,
     pages: u32,
@@ -70,6 +73,8 @@ pub struct SlabMemory {
     pages: Vec<Option<Page>>,
     free_page_ids: Vec<u32>,
     spare: Option<Box<[u8]>>,
+    /// Size of the pages made from now on.
+    page_size: usize,
     large: Slab<Box<[u8]>>,
     page_bytes: u64,
     chunk_bytes: u64,
@@ -88,7 +93,7 @@ pub fn class_sizes() -> Vec<usize> {
     let mut sizes: Vec<usize> = (MIN_CHUNK..=256).step_by(UNIT).collect();
     let mut size = 256usize;
     while size < MAX_CHUNK {
-        size = ((size * 9 / 8) + UNIT - 1) / UNIT * UNIT;
+        size = (size * 9 / 8).div_ceil(UNIT) * UNIT;
         sizes.push(size.min(MAX_CHUNK));
     }
     sizes
@@ -102,7 +107,6 @@ impl SlabMemory {
             .iter()
             .map(|&size| Class {
                 size: size as u32,
-                chunks_per_page: (PAGE_SIZE / size) as u32,
                 nonfull: Vec::new(),
                 pages: 0,
                 used_chunks: 0,
@@ -122,6 +126,7 @@ impl SlabMemory {
             pages: Vec::new(),
             free_page_ids: Vec::new(),
             spare: None,
+            page_size: PAGE_SIZE,
             large: Slab::new(),
             page_bytes: 0,
             chunk_bytes: 0,
@@ -132,7 +137,24 @@ impl SlabMemory {
 
     /// Drops every item and page.
     pub fn clear(&mut self) {
+        let page_size = self.page_size;
         *self = SlabMemory::new();
+        self.page_size = page_size;
+    }
+
+    /// Sets the size of pages made from now on (a power of two from [`MAX_CHUNK`] to
+    /// [`PAGE_SIZE`]). Small budgets want small pages: a page is the unit memory moves between
+    /// classes in, and a 4 MiB budget of 1 MiB pages could only serve four classes at once.
+    pub fn set_page_size(&mut self, size: usize) {
+        let size = size.clamp(MAX_CHUNK, PAGE_SIZE).next_power_of_two();
+        if size != self.page_size {
+            self.page_size = size;
+            self.release_spare();
+        }
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.page_size
     }
 
     /// The class an item of `size` bytes goes to, or `None` if it needs a large allocation.
@@ -182,7 +204,7 @@ impl SlabMemory {
                 if !self.classes[c as usize].nonfull.is_empty() || self.spare.is_some() {
                     0
                 } else {
-                    PAGE_SIZE as u64
+                    self.page_size as u64
                 }
             }
         }
@@ -218,7 +240,9 @@ impl SlabMemory {
         };
         let class = &mut self.classes[c as usize];
         let units = class.size / UNIT as u32;
-        let page = self.pages[pid as usize].as_mut().expect("nonfull page exists");
+        let page = self.pages[pid as usize]
+            .as_mut()
+            .expect("nonfull page exists");
         let off = if page.free_head != NONE {
             let off = page.free_head;
             let at = off as usize * UNIT + 4;
@@ -230,7 +254,7 @@ impl SlabMemory {
             off
         };
         page.used += 1;
-        if page.used == class.chunks_per_page {
+        if page.used == page.chunks {
             let pos = page.nonfull_pos;
             page.nonfull_pos = NONE;
             remove_nonfull(&mut class.nonfull, &mut self.pages, pos);
@@ -253,11 +277,12 @@ impl SlabMemory {
         let mem = match self.spare.take() {
             Some(mem) => mem,
             None => {
-                self.page_bytes += PAGE_SIZE as u64;
-                vec![0u8; PAGE_SIZE].into_boxed_slice()
+                self.page_bytes += self.page_size as u64;
+                vec![0u8; self.page_size].into_boxed_slice()
             }
         };
         let class = &mut self.classes[c as usize];
+        let chunks = (mem.len() / class.size as usize) as u32;
         class.pages += 1;
         class.nonfull.push(pid);
         self.pages[pid as usize] = Some(Page {
@@ -267,6 +292,7 @@ impl SlabMemory {
             free_head: NONE,
             bump: 0,
             nonfull_pos: (class.nonfull.len() - 1) as u32,
+            chunks,
         });
         Some(pid)
     }
@@ -281,13 +307,15 @@ impl SlabMemory {
         }
         let pid = h >> OFFSET_BITS;
         let off = h & OFFSET_MASK;
-        let page = self.pages[pid as usize].as_mut().expect("freeing a live chunk");
+        let page = self.pages[pid as usize]
+            .as_mut()
+            .expect("freeing a live chunk");
         let class = &mut self.classes[page.class as usize];
         let at = off as usize * UNIT;
         page.mem[at] = 0;
         page.mem[at + 4..at + 8].copy_from_slice(&page.free_head.to_le_bytes());
         page.free_head = off;
-        let was_full = page.used == class.chunks_per_page;
+        let was_full = page.used == page.chunks;
         page.used -= 1;
         class.used_chunks -= 1;
         self.chunk_bytes -= class.size as u64;
@@ -299,10 +327,10 @@ impl SlabMemory {
             class.pages -= 1;
             let page = self.pages[pid as usize].take().expect("page exists");
             self.free_page_ids.push(pid);
-            if self.spare.is_none() {
+            if self.spare.is_none() && page.mem.len() == self.page_size {
                 self.spare = Some(page.mem);
             } else {
-                self.page_bytes -= PAGE_SIZE as u64;
+                self.page_bytes -= page.mem.len() as u64;
             }
         } else if was_full {
             class.nonfull.push(pid);
@@ -312,8 +340,8 @@ impl SlabMemory {
 
     /// Releases the spare empty page, if any. Returns whether memory was released.
     pub fn release_spare(&mut self) -> bool {
-        if self.spare.take().is_some() {
-            self.page_bytes -= PAGE_SIZE as u64;
+        if let Some(mem) = self.spare.take() {
+            self.page_bytes -= mem.len() as u64;
             true
         } else {
             false
@@ -537,7 +565,14 @@ mod tests {
         let per_page = PAGE_SIZE / 56;
         let mut hs = Vec::new();
         for i in 0..per_page + 10 {
-            assert_eq!(m.alloc_cost(50), if i == 0 || i == per_page { PAGE_SIZE as u64 } else { 0 });
+            assert_eq!(
+                m.alloc_cost(50),
+                if i == 0 || i == per_page {
+                    PAGE_SIZE as u64
+                } else {
+                    0
+                }
+            );
             let h = m.alloc(50).unwrap();
             assert_eq!(m.bytes(h).len(), 56);
             fill(&mut m, h, i as u8);

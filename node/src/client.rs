@@ -63,8 +63,14 @@ impl KillFilter {
             return false;
         }
         self.id.is_none_or(|id| id == info.id)
-            && self.addr.as_ref().is_none_or(|a| *a == info.addr.to_string())
-            && self.local_addr.as_ref().is_none_or(|a| *a == info.local_addr.to_string())
+            && self
+                .addr
+                .as_ref()
+                .is_none_or(|a| *a == info.addr.to_string())
+            && self
+                .local_addr
+                .as_ref()
+                .is_none_or(|a| *a == info.local_addr.to_string())
     }
 }
 

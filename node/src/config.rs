@@ -15,11 +15,18 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
     #[error("invalid {setting} '{value}': {reason}")]
-    Invalid { setting: &'static str, value: String, reason: &'static str },
+    Invalid {
+        setting: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 }
 
 /// corekv-node: a shard-per-core, Redis-compatible key-value server.
@@ -27,7 +34,7 @@ pub enum ConfigError {
 /// With no arguments it listens on 127.0.0.1:7379 with one shard per core and keeps its data
 /// under ./corekv-data.
 #[derive(Parser, Debug, Default)]
-#[command(name = "corekv-node", version, about, long_about = None)]
+#[command(name = "corekv-node", version)]
 pub struct Cli {
     /// TOML file with any of the settings below (flags override it).
     #[arg(long, value_name = "FILE")]
@@ -108,16 +115,20 @@ impl Config {
                 value: text,
                 reason,
             })?,
-            (None, Some(toml::Value::Integer(n))) => u64::try_from(n).map_err(|_| ConfigError::Invalid {
-                setting: "maxmemory",
-                value: n.to_string(),
-                reason: "must not be negative",
-            })?,
-            (None, Some(toml::Value::String(text))) => parse_size(&text).map_err(|reason| ConfigError::Invalid {
-                setting: "maxmemory",
-                value: text,
-                reason,
-            })?,
+            (None, Some(toml::Value::Integer(n))) => {
+                u64::try_from(n).map_err(|_| ConfigError::Invalid {
+                    setting: "maxmemory",
+                    value: n.to_string(),
+                    reason: "must not be negative",
+                })?
+            }
+            (None, Some(toml::Value::String(text))) => {
+                parse_size(&text).map_err(|reason| ConfigError::Invalid {
+                    setting: "maxmemory",
+                    value: text,
+                    reason,
+                })?
+            }
             (None, Some(other)) => {
                 return Err(ConfigError::Invalid {
                     setting: "maxmemory",
@@ -161,10 +172,16 @@ impl Config {
             });
         }
         Ok(Config {
-            bind: cli.bind.or(file.bind).unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            bind: cli
+                .bind
+                .or(file.bind)
+                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
             shards,
-            data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./corekv-data")),
+            data_dir: cli
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./corekv-data")),
             maxmemory_bytes,
             maxmemory_policy,
             databases,
@@ -189,7 +206,9 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// (`k`=1000, `kb`=1024, `m`=10^6, `mb`=1024², `g`=10^9, `gb`=1024³), case-insensitive.
 pub fn parse_size(text: &str) -> Result<u64, &'static str> {
     let lower = text.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
     let (digits, unit) = lower.split_at(split);
     if digits.is_empty() {
         return Err("expected a number of bytes, optionally followed by kb, mb or gb");
@@ -263,7 +282,11 @@ mod tests {
             "port = 7000\nshards = 3\nmaxmemory = \"2gb\"\nmaxmemory-policy = \"allkeys-lru\"\ndatabases = 4\n",
         )
         .unwrap();
-        let cli = Cli { config: Some(path.clone()), port: Some(7001), ..Cli::default() };
+        let cli = Cli {
+            config: Some(path.clone()),
+            port: Some(7001),
+            ..Cli::default()
+        };
         let config = Config::resolve(cli).unwrap();
         assert_eq!(config.port, 7001);
         assert_eq!(config.shards, 3);
@@ -272,16 +295,32 @@ mod tests {
         assert_eq!(config.databases, 4);
         assert_eq!(config.data_dir, PathBuf::from("./corekv-data"));
         std::fs::write(&path, "prot = 1\n").unwrap();
-        let err = Config::resolve(Cli { config: Some(path), ..Cli::default() }).unwrap_err();
+        let err = Config::resolve(Cli {
+            config: Some(path),
+            ..Cli::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn bad_values_are_rejected_with_the_setting_named() {
-        let err = Config::resolve(Cli { maxmemory_policy: Some("lfu".into()), ..Cli::default() }).unwrap_err();
-        assert!(err.to_string().starts_with("invalid maxmemory-policy 'lfu'"), "{err}");
-        let err = Config::resolve(Cli { shards: Some(0), ..Cli::default() }).unwrap_err();
+        let err = Config::resolve(Cli {
+            maxmemory_policy: Some("lfu".into()),
+            ..Cli::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid maxmemory-policy 'lfu'"),
+            "{err}"
+        );
+        let err = Config::resolve(Cli {
+            shards: Some(0),
+            ..Cli::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("invalid shards '0'"), "{err}");
     }
 }

@@ -183,7 +183,10 @@ impl Connection {
                 } else {
                     let batch = &mut self.batches[owner];
                     batch.push((spec, std::mem::take(&mut self.args)));
-                    self.slots.push(Slot::Remote { shard: owner, index: batch.len() - 1 });
+                    self.slots.push(Slot::Remote {
+                        shard: owner,
+                        index: batch.len() - 1,
+                    });
                     self.remote_pending = true;
                     if self.slots.len() >= MAX_REMOTE_QUEUE {
                         self.flush_remote().await;
@@ -202,11 +205,13 @@ impl Connection {
         if self.remote_pending {
             let start = self.staged.len();
             let mut encoder = ReplyEncoder::new(&mut self.staged, self.protocol);
-            self.shard.run_keyed(spec, self.db, &self.args, &mut encoder);
+            self.shard
+                .run_keyed(spec, self.db, &self.args, &mut encoder);
             self.slots.push(Slot::Staged(start, self.staged.len()));
         } else {
             let mut encoder = ReplyEncoder::new(&mut self.out, self.protocol);
-            self.shard.run_keyed(spec, self.db, &self.args, &mut encoder);
+            self.shard
+                .run_keyed(spec, self.db, &self.args, &mut encoder);
         }
     }
 
@@ -231,7 +236,12 @@ impl Connection {
             .map(|(target, batch)| {
                 let commands = std::mem::take(batch);
                 let shard = &shard;
-                async move { (target, shard.send_batch(target, db, protocol, commands).await) }
+                async move {
+                    (
+                        target,
+                        shard.send_batch(target, db, protocol, commands).await,
+                    )
+                }
             })
             .collect::<Vec<_>>();
         let mut replies: Vec<Vec<Bytes>> = (0..self.shard.shards).map(|_| Vec::new()).collect();
@@ -243,9 +253,8 @@ impl Connection {
                 Slot::Staged(start, end) => self.out.extend_from_slice(&self.staged[start..end]),
                 Slot::Remote { shard, index } => match replies[shard].get(index) {
                     Some(reply) => self.out.extend_from_slice(reply),
-                    None => {
-                        ReplyEncoder::new(&mut self.out, protocol).error("ERR shard unavailable (node shutting down)")
-                    }
+                    None => ReplyEncoder::new(&mut self.out, protocol)
+                        .error("ERR shard unavailable (node shutting down)"),
                 },
             }
         }
@@ -263,7 +272,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let connected = node.connected_clients.fetch_add(1, Ordering::AcqRel) + 1;
     if connected > node.max_clients.load(Ordering::Relaxed) {
         node.rejected_connections.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+        let _ = stream
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
         node.connected_clients.fetch_sub(1, Ordering::AcqRel);
         return;
     }
@@ -287,10 +298,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         last_command: "NULL",
         killed: false,
     }));
-    let slot = shard
-        .clients
-        .borrow_mut()
-        .insert(crate::shard::ClientSlot { info: info.clone(), fd: stream.as_raw_fd() });
+    let slot = shard.clients.borrow_mut().insert(crate::shard::ClientSlot {
+        info: info.clone(),
+        fd: stream.as_raw_fd(),
+    });
     if node.is_shutting_down() {
         shard.close_all_clients();
     }

@@ -83,13 +83,25 @@ const CLIENT_SUBCOMMANDS: &[(&str, i32)] = &[
     ("kill", -3),
     ("help", 2),
 ];
-const CONFIG_SUBCOMMANDS: &[(&str, i32)] = &[("get", -3), ("set", -4), ("resetstat", 2), ("help", 2)];
-const COMMAND_SUBCOMMANDS: &[(&str, i32)] =
-    &[("count", 2), ("list", -2), ("info", -2), ("docs", -2), ("getkeys", -4), ("help", 2)];
+const CONFIG_SUBCOMMANDS: &[(&str, i32)] =
+    &[("get", -3), ("set", -4), ("resetstat", 2), ("help", 2)];
+const COMMAND_SUBCOMMANDS: &[(&str, i32)] = &[
+    ("count", 2),
+    ("list", -2),
+    ("info", -2),
+    ("docs", -2),
+    ("getkeys", -4),
+    ("help", 2),
+];
 
 /// Checks a container command's subcommand and its arity, replying Redis's error if either is
 /// wrong. Returns the lower-case subcommand name when the command may run.
-fn subcommand(conn: &mut Connection, args: &[Bytes], container: &str, table: &[(&str, i32)]) -> Option<String> {
+fn subcommand(
+    conn: &mut Connection,
+    args: &[Bytes],
+    container: &str,
+    table: &[(&str, i32)],
+) -> Option<String> {
     let name = lower(&args[1]);
     let Some(&(_, arity)) = table.iter().find(|(n, _)| *n == name) else {
         conn.encoder().error(&format!(
@@ -99,9 +111,15 @@ fn subcommand(conn: &mut Connection, args: &[Bytes], container: &str, table: &[(
         ));
         return None;
     };
-    let fits = if arity >= 0 { args.len() == arity as usize } else { args.len() >= arity.unsigned_abs() as usize };
+    let fits = if arity >= 0 {
+        args.len() == arity as usize
+    } else {
+        args.len() >= arity.unsigned_abs() as usize
+    };
     if !fits {
-        conn.encoder().error(&format!("ERR wrong number of arguments for '{container}|{name}' command"));
+        conn.encoder().error(&format!(
+            "ERR wrong number of arguments for '{container}|{name}' command"
+        ));
         return None;
     }
     Some(name)
@@ -115,7 +133,10 @@ fn lower(arg: &[u8]) -> String {
 pub async fn run(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
     let started = std::time::Instant::now();
     let flow = dispatch(conn, spec).await;
-    conn.shard.commands.borrow_mut().record(spec, started.elapsed());
+    conn.shard
+        .commands
+        .borrow_mut()
+        .record(spec, started.elapsed());
     flow
 }
 
@@ -126,7 +147,9 @@ async fn dispatch(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
             match args.len() {
                 1 => conn.encoder().simple("PONG"),
                 2 => conn.encoder().bulk(&args[1]),
-                _ => conn.encoder().error("ERR wrong number of arguments for 'ping' command"),
+                _ => conn
+                    .encoder()
+                    .error("ERR wrong number of arguments for 'ping' command"),
             }
             Flow::Continue
         }
@@ -194,7 +217,9 @@ async fn dispatch(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
             Flow::Continue
         }
         "flushdb" | "flushall" => {
-            if args.len() > 2 || (args.len() == 2 && !matches!(lower(&args[1]).as_str(), "async" | "sync")) {
+            if args.len() > 2
+                || (args.len() == 2 && !matches!(lower(&args[1]).as_str(), "async" | "sync"))
+            {
                 conn.encoder().error(SYNTAX_ERROR);
                 return Flow::Continue;
             }
@@ -209,7 +234,9 @@ async fn dispatch(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
             Flow::Continue
         }
         "time" => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             let mut enc = conn.encoder();
             enc.array_len(2);
             enc.bulk(now.as_secs().to_string().as_bytes());
@@ -220,7 +247,13 @@ async fn dispatch(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
         "keys" => {
             let db = conn.db;
             let pattern = args[1].clone();
-            let replies = conn.shard.call_all(|_| ShardCall::Keys { db, pattern: pattern.clone() }).await;
+            let replies = conn
+                .shard
+                .call_all(|_| ShardCall::Keys {
+                    db,
+                    pattern: pattern.clone(),
+                })
+                .await;
             let keys: Vec<Bytes> = replies
                 .into_iter()
                 .flat_map(|r| match r {
@@ -300,7 +333,8 @@ async fn fan_out(
     make: impl Fn(Vec<Bytes>) -> ShardCall,
 ) -> Vec<(Vec<usize>, CallReply)> {
     let shards = conn.shard.shards;
-    let mut groups: Vec<(Vec<usize>, Vec<Bytes>)> = (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut groups: Vec<(Vec<usize>, Vec<Bytes>)> =
+        (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     for (index, group) in args.chunks(stride).enumerate() {
         let owner = key_shard(&group[0], shards as u32) as usize;
         groups[owner].0.push(index);
@@ -339,16 +373,21 @@ async fn mget(conn: &mut Connection, keys: &[Bytes]) {
 }
 
 async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
-    if (args.len() - 1) % 2 != 0 {
+    if !(args.len() - 1).is_multiple_of(2) {
         let name = if only_if_none_exist { "msetnx" } else { "mset" };
-        conn.encoder().error(&format!("ERR wrong number of arguments for '{name}' command"));
+        conn.encoder().error(&format!(
+            "ERR wrong number of arguments for '{name}' command"
+        ));
         return;
     }
     let db = conn.db;
     if only_if_none_exist {
         let keys: Vec<Bytes> = args[1..].chunks(2).map(|pair| pair[0].clone()).collect();
         let existing = count_all(
-            fan_out(conn, &keys, 1, |keys| ShardCall::Exists { db, keys }).await.into_iter().map(|(_, r)| r),
+            fan_out(conn, &keys, 1, |keys| ShardCall::Exists { db, keys })
+                .await
+                .into_iter()
+                .map(|(_, r)| r),
         );
         if existing > 0 {
             conn.encoder().integer(0);
@@ -357,7 +396,10 @@ async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
     }
     let replies = fan_out(conn, &args[1..], 2, |items| ShardCall::MSet {
         db,
-        pairs: items.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect(),
+        pairs: items
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect(),
     })
     .await;
     let failure = replies.into_iter().find_map(|(_, r)| match r {
@@ -373,7 +415,17 @@ async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
 
 async fn read_entry(conn: &Connection, db: usize, key: &Bytes) -> Option<(Bytes, Option<u64>)> {
     let owner = key_shard(key, conn.shard.shards as u32) as usize;
-    match conn.shard.call(owner, ShardCall::Read { db, key: key.clone() }).await {
+    match conn
+        .shard
+        .call(
+            owner,
+            ShardCall::Read {
+                db,
+                key: key.clone(),
+            },
+        )
+        .await
+    {
         CallReply::Entry(entry) => entry,
         _ => None,
     }
@@ -388,7 +440,13 @@ async fn write_entry(
     if_absent: bool,
 ) -> Result<bool, corekv_engine::EngineError> {
     let owner = key_shard(key, conn.shard.shards as u32) as usize;
-    let call = ShardCall::Write { db, key: key.clone(), value, expire_at_ms, if_absent };
+    let call = ShardCall::Write {
+        db,
+        key: key.clone(),
+        value,
+        expire_at_ms,
+        if_absent,
+    };
     match conn.shard.call(owner, call).await {
         CallReply::Written(result) => result,
         _ => Ok(false),
@@ -397,7 +455,15 @@ async fn write_entry(
 
 async fn remove_key(conn: &Connection, db: usize, key: &Bytes) {
     let owner = key_shard(key, conn.shard.shards as u32) as usize;
-    conn.shard.call(owner, ShardCall::Remove { db, keys: vec![key.clone()] }).await;
+    conn.shard
+        .call(
+            owner,
+            ShardCall::Remove {
+                db,
+                keys: vec![key.clone()],
+            },
+        )
+        .await;
 }
 
 /// RENAME / RENAMENX: read the source, write the target (keeping the TTL), delete the source.
@@ -441,7 +507,9 @@ async fn copy(conn: &mut Connection, args: &[Bytes]) {
             "db" if i + 1 < args.len() => {
                 i += 1;
                 match parse_i64(&args[i]) {
-                    Some(db) if db >= 0 && (db as u64) < conn.shard.node.config.databases as u64 => {
+                    Some(db)
+                        if db >= 0 && (db as u64) < conn.shard.node.config.databases as u64 =>
+                    {
                         target_db = db as usize
                     }
                     Some(_) => {
@@ -463,7 +531,8 @@ async fn copy(conn: &mut Connection, args: &[Bytes]) {
     }
     let (source, target) = (&args[1], &args[2]);
     if source == target && target_db == conn.db {
-        conn.encoder().error("ERR source and destination objects are the same");
+        conn.encoder()
+            .error("ERR source and destination objects are the same");
         return;
     }
     let Some((value, expire_at)) = read_entry(conn, conn.db, source).await else {
@@ -479,7 +548,10 @@ async fn copy(conn: &mut Connection, args: &[Bytes]) {
 /// SCAN over every shard: the cursor's low bits name the shard, the rest is that shard's own
 /// reverse-binary cursor, so the scan walks shard 0 completely, then shard 1, and so on.
 async fn scan(conn: &mut Connection, args: &[Bytes]) {
-    let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|t| t.parse::<u64>().ok()) else {
+    let Some(cursor) = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+    else {
         conn.encoder().error("ERR invalid cursor");
         return;
     };
@@ -525,8 +597,18 @@ async fn scan(conn: &mut Connection, args: &[Bytes]) {
     let mut keys = Vec::new();
     let mut next = 0;
     while shard < shards {
-        let call = ShardCall::Scan { db: conn.db, cursor: inner, count, pattern: pattern.clone(), type_filter: type_filter.clone() };
-        let CallReply::Scanned { next_cursor, keys: found } = conn.shard.call(shard as usize, call).await else {
+        let call = ShardCall::Scan {
+            db: conn.db,
+            cursor: inner,
+            count,
+            pattern: pattern.clone(),
+            type_filter: type_filter.clone(),
+        };
+        let CallReply::Scanned {
+            next_cursor,
+            keys: found,
+        } = conn.shard.call(shard as usize, call).await
+        else {
             break;
         };
         keys.extend(found);
@@ -561,12 +643,20 @@ async fn random_key(conn: &mut Connection) {
     let shards = conn.shard.shards;
     // Start at a shard chosen by the clock so every shard's keys can come out; fall through to the
     // next shards when one is empty.
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let first = (seed % shards as u64) as usize;
     for step in 0..shards {
         let target = (first + step) % shards;
-        let seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step as u64);
-        if let CallReply::Key(Some(key)) = conn.shard.call(target, ShardCall::RandomKey { db, seed }).await {
+        let seed = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(step as u64);
+        if let CallReply::Key(Some(key)) = conn
+            .shard
+            .call(target, ShardCall::RandomKey { db, seed })
+            .await
+        {
             conn.encoder().bulk(&key);
             return;
         }
@@ -580,7 +670,8 @@ fn hello(conn: &mut Connection, args: &[Bytes]) -> Flow {
     if args.len() > 1 {
         match parse_i64(&args[1]) {
             None => {
-                conn.encoder().error("ERR Protocol version is not an integer or out of range");
+                conn.encoder()
+                    .error("ERR Protocol version is not an integer or out of range");
                 return Flow::Continue;
             }
             Some(2) => protocol = Protocol::Resp2,
@@ -597,19 +688,25 @@ fn hello(conn: &mut Connection, args: &[Bytes]) -> Flow {
         let option = lower(&args[i]);
         if option == "auth" && i + 2 < args.len() {
             if args[i + 1].as_ref() != b"default" {
-                conn.encoder().error("WRONGPASS invalid username-password pair or user is disabled.");
+                conn.encoder()
+                    .error("WRONGPASS invalid username-password pair or user is disabled.");
                 return Flow::Continue;
             }
             i += 3;
         } else if option == "setname" && i + 1 < args.len() {
             if !valid_client_name(&args[i + 1]) {
-                conn.encoder().error("ERR Client names cannot contain spaces, newlines or special characters.");
+                conn.encoder().error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
                 return Flow::Continue;
             }
             name = Some(String::from_utf8_lossy(&args[i + 1]).into_owned());
             i += 2;
         } else {
-            conn.encoder().error(&format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(&args[i])));
+            conn.encoder().error(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&args[i])
+            ));
             return Flow::Continue;
         }
     }
@@ -683,7 +780,9 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
         }
         ("setname", 3) => {
             if !valid_client_name(&args[2]) {
-                conn.encoder().error("ERR Client names cannot contain spaces, newlines or special characters.");
+                conn.encoder().error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
             } else {
                 conn.info.borrow_mut().name = String::from_utf8_lossy(&args[2]).into_owned();
                 conn.encoder().ok();
@@ -751,7 +850,12 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                     return Flow::Continue;
                 }
             }
-            let replies = conn.shard.call_all(|_| ShardCall::ClientList { id_filter: id_filter.clone() }).await;
+            let replies = conn
+                .shard
+                .call_all(|_| ShardCall::ClientList {
+                    id_filter: id_filter.clone(),
+                })
+                .await;
             let mut text = String::new();
             for reply in replies {
                 if let CallReply::Lines(lines) = reply {
@@ -767,16 +871,32 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
             let my_id = conn.info.borrow().id;
             if argc == 3 {
                 // Old form: CLIENT KILL addr:port
-                let filter = KillFilter { addr: Some(String::from_utf8_lossy(&args[2]).into_owned()), ..Default::default() };
-                let killed = count_all(conn.shard.call_all(|_| ShardCall::ClientKill { filter: filter.clone() }).await);
+                let filter = KillFilter {
+                    addr: Some(String::from_utf8_lossy(&args[2]).into_owned()),
+                    ..Default::default()
+                };
+                let killed = count_all(
+                    conn.shard
+                        .call_all(|_| ShardCall::ClientKill {
+                            filter: filter.clone(),
+                        })
+                        .await,
+                );
                 if killed == 0 {
                     conn.encoder().error("ERR No such client");
                 } else {
                     conn.encoder().ok();
                 }
-                return if conn.info.borrow().killed { Flow::Close } else { Flow::Continue };
+                return if conn.info.borrow().killed {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                };
             }
-            let mut filter = KillFilter { skip_id: Some(my_id), ..Default::default() };
+            let mut filter = KillFilter {
+                skip_id: Some(my_id),
+                ..Default::default()
+            };
             let mut i = 2;
             while i < argc {
                 if i + 1 >= argc {
@@ -788,7 +908,8 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                     "id" => match parse_i64(&args[i + 1]) {
                         Some(id) if id > 0 => filter.id = Some(id as u64),
                         _ => {
-                            conn.encoder().error("ERR client-id should be greater than 0");
+                            conn.encoder()
+                                .error("ERR client-id should be greater than 0");
                             return Flow::Continue;
                         }
                     },
@@ -809,7 +930,13 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                 }
                 i += 2;
             }
-            let killed = count_all(conn.shard.call_all(|_| ShardCall::ClientKill { filter: filter.clone() }).await);
+            let killed = count_all(
+                conn.shard
+                    .call_all(|_| ShardCall::ClientKill {
+                        filter: filter.clone(),
+                    })
+                    .await,
+            );
             conn.encoder().integer(killed);
             if conn.info.borrow().killed {
                 return Flow::Close;
@@ -903,7 +1030,10 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
             let specs: Vec<_> = if args.len() == 2 {
                 commands::all().collect()
             } else {
-                args[2..].iter().filter_map(|n| commands::lookup(n)).collect()
+                args[2..]
+                    .iter()
+                    .filter_map(|n| commands::lookup(n))
+                    .collect()
             };
             let mut enc = conn.encoder();
             enc.map_len(specs.len());
@@ -917,7 +1047,11 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
                 enc.bulk(b"group");
                 enc.bulk(spec.group.as_bytes());
                 enc.bulk(b"complexity");
-                enc.bulk(if spec.first_key != 0 && spec.last_key < 0 { b"O(N)" } else { b"O(1)" });
+                enc.bulk(if spec.first_key != 0 && spec.last_key < 0 {
+                    b"O(N)"
+                } else {
+                    b"O(1)"
+                });
             }
         }
         Some("getkeys") => {
@@ -927,7 +1061,8 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
             };
             let cmd = &args[2..];
             if !spec.arity_ok(cmd.len()) {
-                conn.encoder().error("ERR Invalid number of arguments specified for command");
+                conn.encoder()
+                    .error("ERR Invalid number of arguments specified for command");
                 return;
             }
             let keys = key_positions(spec, cmd.len());
@@ -975,7 +1110,11 @@ pub fn key_positions(spec: &CommandSpec, argc: usize) -> Vec<usize> {
         return Vec::new();
     }
     let first = spec.first_key as usize;
-    let last = if spec.last_key < 0 { argc as i64 + spec.last_key as i64 } else { spec.last_key as i64 };
+    let last = if spec.last_key < 0 {
+        argc as i64 + spec.last_key as i64
+    } else {
+        spec.last_key as i64
+    };
     let mut positions = Vec::new();
     let mut pos = first as i64;
     while pos <= last && (pos as usize) < argc {
@@ -1069,16 +1208,21 @@ async fn config(conn: &mut Connection, args: &[Bytes]) {
                 enc.simple(line);
             }
         }
-        ("set", _) => conn.encoder().error("ERR wrong number of arguments for 'config|set' command"),
+        ("set", _) => conn
+            .encoder()
+            .error("ERR wrong number of arguments for 'config|set' command"),
         _ => unreachable!("CONFIG {sub} passed the subcommand table"),
     }
 }
 
 fn apply_setting(settings: &mut Settings, name: &str, value: &str) -> Result<(), String> {
-    let invalid = |reason: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {reason}");
+    let invalid = |reason: &str| {
+        format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {reason}")
+    };
     match name {
         "maxmemory" => {
-            settings.maxmemory_bytes = crate::config::parse_size(value).map_err(|_| invalid("argument must be a memory value"))?;
+            settings.maxmemory_bytes = crate::config::parse_size(value)
+                .map_err(|_| invalid("argument must be a memory value"))?;
         }
         "maxmemory-policy" => {
             settings.maxmemory_policy =
@@ -1098,9 +1242,14 @@ fn apply_setting(settings: &mut Settings, name: &str, value: &str) -> Result<(),
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| invalid("argument must be between 1 and 4294967295 inclusive"))?;
         }
-        "databases" | "port" | "bind" | "dir" | "shards" => return Err(invalid("can't set immutable config")),
-        _ => return Err(format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'")),
+        "databases" | "port" | "bind" | "dir" | "shards" => {
+            return Err(invalid("can't set immutable config"))
+        }
+        _ => {
+            return Err(format!(
+                "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+            ))
+        }
     }
     Ok(())
 }
-

@@ -15,8 +15,16 @@ use crate::stats::CommandStats;
 /// clients use it to pick features).
 pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
 
-const DEFAULT_SECTIONS: &[&str] =
-    &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace"];
+const DEFAULT_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "keyspace",
+];
 const ALL_SECTIONS: &[&str] = &[
     "server",
     "clients",
@@ -76,11 +84,21 @@ pub async fn render(conn: &Connection, args: &[Bytes]) -> String {
     text
 }
 
-fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &Settings, reports: &[ShardReport]) {
+fn section_text(
+    out: &mut String,
+    section: &str,
+    node: &NodeShared,
+    settings: &Settings,
+    reports: &[ShardReport],
+) {
     let uptime = node.started.elapsed().as_secs();
     // Section headers ("# Server") stand alone; every other line is "key:value".
     let mut line = |key: &str, value: &dyn std::fmt::Display| {
-        let _ = if key.starts_with('#') { write!(out, "{key}\r\n") } else { write!(out, "{key}:{value}\r\n") };
+        let _ = if key.starts_with('#') {
+            write!(out, "{key}\r\n")
+        } else {
+            write!(out, "{key}:{value}\r\n")
+        };
     };
     match section {
         "server" => {
@@ -98,12 +116,20 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
             line("uptime_in_days", &(uptime / 86400));
             line("hz", &10);
             line("shards", &node.config.shards);
-            line("executable", &std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default());
+            line(
+                "executable",
+                &std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            );
             line("config_file", &"");
         }
         "clients" => {
             line("# Clients", &"");
-            line("connected_clients", &node.connected_clients.load(Ordering::Relaxed));
+            line(
+                "connected_clients",
+                &node.connected_clients.load(Ordering::Relaxed),
+            );
             line("maxclients", &settings.max_clients);
             line("blocked_clients", &0);
         }
@@ -128,14 +154,25 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
             line("used_memory_slab_chunks", &chunks);
             line("used_memory_large_values", &large);
             line("keys_in_memory", &items);
-            line("overhead_per_key", &if items > 0 { used.saturating_sub(dataset) / items } else { 0 });
+            line(
+                "overhead_per_key",
+                &used.saturating_sub(dataset).checked_div(items).unwrap_or(0),
+            );
             line("maxmemory", &settings.maxmemory_bytes);
             line("maxmemory_human", &human_bytes(settings.maxmemory_bytes));
             line("maxmemory_policy", &policy_name(settings.maxmemory_policy));
             // Slab fragmentation: page bytes not holding an item, relative to those that do.
-            let slab_ratio = if chunks > 0 { pages as f64 / chunks as f64 } else { 1.0 };
+            let slab_ratio = if chunks > 0 {
+                pages as f64 / chunks as f64
+            } else {
+                1.0
+            };
             line("slab_fragmentation_ratio", &format!("{slab_ratio:.2}"));
-            let rss_ratio = if used > 0 { rss as f64 / used as f64 } else { 1.0 };
+            let rss_ratio = if used > 0 {
+                rss as f64 / used as f64
+            } else {
+                1.0
+            };
             line("mem_fragmentation_ratio", &format!("{rss_ratio:.2}"));
             line("mem_allocator", &"corekv-slab");
         }
@@ -150,17 +187,26 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
         }
         "stats" => {
             let calls: u64 = reports.iter().map(|r| r.commands.total_calls()).sum();
-            let keyspace = reports.iter().fold(corekv_engine::KeyspaceStats::default(), |mut acc, r| {
-                acc.expired_keys += r.keyspace.expired_keys;
-                acc.evicted_keys += r.keyspace.evicted_keys;
-                acc.keyspace_hits += r.keyspace.keyspace_hits;
-                acc.keyspace_misses += r.keyspace.keyspace_misses;
-                acc
-            });
+            let keyspace =
+                reports
+                    .iter()
+                    .fold(corekv_engine::KeyspaceStats::default(), |mut acc, r| {
+                        acc.expired_keys += r.keyspace.expired_keys;
+                        acc.evicted_keys += r.keyspace.evicted_keys;
+                        acc.keyspace_hits += r.keyspace.keyspace_hits;
+                        acc.keyspace_misses += r.keyspace.keyspace_misses;
+                        acc
+                    });
             line("# Stats", &"");
-            line("total_connections_received", &node.total_connections.load(Ordering::Relaxed));
+            line(
+                "total_connections_received",
+                &node.total_connections.load(Ordering::Relaxed),
+            );
             line("total_commands_processed", &calls);
-            line("rejected_connections", &node.rejected_connections.load(Ordering::Relaxed));
+            line(
+                "rejected_connections",
+                &node.rejected_connections.load(Ordering::Relaxed),
+            );
             line("expired_keys", &keyspace.expired_keys);
             line("evicted_keys", &keyspace.evicted_keys);
             line("keyspace_hits", &keyspace.keyspace_hits);
@@ -188,7 +234,11 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
             }
             line("# Commandstats", &"");
             for (name, stat) in total.iter() {
-                let per_call = if stat.calls > 0 { stat.usec as f64 / stat.calls as f64 } else { 0.0 };
+                let per_call = if stat.calls > 0 {
+                    stat.usec as f64 / stat.calls as f64
+                } else {
+                    0.0
+                };
                 line(
                     &format!("cmdstat_{name}"),
                     &format!(
@@ -206,7 +256,10 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
                     .filter_map(|r| r.databases.get(db))
                     .fold((0, 0), |(k, e), (keys, expires)| (k + keys, e + expires));
                 if keys > 0 {
-                    line(&format!("db{db}"), &format!("keys={keys},expires={expires},avg_ttl=0"));
+                    line(
+                        &format!("db{db}"),
+                        &format!("keys={keys},expires={expires},avg_ttl=0"),
+                    );
                 }
             }
         }
@@ -224,10 +277,22 @@ pub fn config_values(node: &NodeShared, settings: &Settings) -> Vec<(String, Str
         ("dir".into(), c.data_dir.display().to_string()),
         ("maxclients".into(), settings.max_clients.to_string()),
         ("maxmemory".into(), settings.maxmemory_bytes.to_string()),
-        ("maxmemory-policy".into(), policy_name(settings.maxmemory_policy).into()),
-        ("maxmemory-samples".into(), settings.maxmemory_samples.to_string()),
-        ("proto-max-bulk-len".into(), (512u64 * 1024 * 1024).to_string()),
-        ("client-query-buffer-limit".into(), (1024u64 * 1024 * 1024).to_string()),
+        (
+            "maxmemory-policy".into(),
+            policy_name(settings.maxmemory_policy).into(),
+        ),
+        (
+            "maxmemory-samples".into(),
+            settings.maxmemory_samples.to_string(),
+        ),
+        (
+            "proto-max-bulk-len".into(),
+            (512u64 * 1024 * 1024).to_string(),
+        ),
+        (
+            "client-query-buffer-limit".into(),
+            (1024u64 * 1024 * 1024).to_string(),
+        ),
         ("hz".into(), "10".into()),
         ("save".into(), String::new()),
         ("appendonly".into(), "no".into()),
@@ -253,7 +318,11 @@ fn human_bytes(bytes: u64) -> String {
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 

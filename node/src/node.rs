@@ -34,9 +34,15 @@ const EXPIRE_BUDGET: Duration = Duration::from_millis(25);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start shard {shard}: {message} (io_uring needs kernel >= 5.8, enough locked memory (ulimit -l) and must not be blocked by seccomp)")]
     Executor { shard: usize, message: String },
     #[error("cannot set up signal handling: {0}")]
@@ -71,11 +77,15 @@ pub struct NodeShared {
 
 impl NodeShared {
     pub fn settings(&self) -> Settings {
-        self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn store_settings(&self, settings: &Settings) {
-        self.max_clients.store(settings.max_clients, Ordering::Relaxed);
+        self.max_clients
+            .store(settings.max_clients, Ordering::Relaxed);
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
     }
 
@@ -132,7 +142,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(config.shards);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let placement = if pin { Placement::Fixed(id) } else { Placement::Unbound };
+        let placement = if pin {
+            Placement::Fixed(id)
+        } else {
+            Placement::Unbound
+        };
         let node = node.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
@@ -142,7 +156,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .spawn(move || shard_main(id, node, mesh, listener_fd, ready));
         match spawned {
             Ok(handle) => handles.push(handle),
-            Err(e) => return Err(StartError::Executor { shard: id, message: e.to_string() }),
+            Err(e) => {
+                return Err(StartError::Executor {
+                    shard: id,
+                    message: e.to_string(),
+                })
+            }
         }
     }
     drop(ready_tx);
@@ -150,7 +169,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
             Ok(Err(message)) => return Err(StartError::Executor { shard: 0, message }),
-            Err(_) => return Err(StartError::Executor { shard: 0, message: "a shard exited during start-up".into() }),
+            Err(_) => {
+                return Err(StartError::Executor {
+                    shard: 0,
+                    message: "a shard exited during start-up".into(),
+                })
+            }
         }
     }
     println!(
@@ -180,7 +204,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
 fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
     let path = &config.data_dir;
-    let error = |source| StartError::DataDir { path: path.display().to_string(), source };
+    let error = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(path).map_err(error)?;
     let probe = path.join(".corekv-write-probe");
     std::fs::write(&probe, b"probe").map_err(error)?;
@@ -194,7 +221,10 @@ fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
 fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let requested = SocketAddr::new(config.bind, config.port);
-    let listen_error = |source| StartError::Listen { addr: requested, source };
+    let listen_error = |source| StartError::Listen {
+        addr: requested,
+        source,
+    };
     let probe = std::net::TcpListener::bind(requested).map_err(listen_error)?;
     let port = probe.local_addr().map_err(listen_error)?.port();
     drop(probe);
@@ -202,7 +232,8 @@ fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartE
     let listen_error = |source| StartError::Listen { addr, source };
     let mut sockets = Vec::with_capacity(config.shards);
     for _ in 0..config.shards {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(listen_error)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(listen_error)?;
         socket.set_reuse_address(true).map_err(listen_error)?;
         socket.set_reuse_port(true).map_err(listen_error)?;
         socket.set_nonblocking(true).map_err(listen_error)?;
@@ -214,7 +245,9 @@ fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartE
 }
 
 fn run_id() -> String {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let mut state = seed as u64 ^ (std::process::id() as u64).rotate_left(32);
     (0..40)
         .map(|_| {
@@ -236,7 +269,9 @@ async fn shard_main(
     let (senders, mut receivers) = match mesh.join().await {
         Ok(ends) => ends,
         Err(e) => {
-            let _ = ready.send(Err(format!("shard {id} could not join the channel mesh: {e}")));
+            let _ = ready.send(Err(format!(
+                "shard {id} could not join the channel mesh: {e}"
+            )));
             return;
         }
     };
@@ -259,7 +294,8 @@ async fn shard_main(
         .detach();
     }
 
-    let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "expiry");
+    let background =
+        glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "expiry");
     let expiry_shard = shard.clone();
     let expiry = glommio::spawn_local_into(
         async move {
@@ -272,7 +308,9 @@ async fn shard_main(
                     .borrow_mut()
                     .active_expire_cycle(crate::shard::now_ms(), &mut deadline);
                 if stats.timed_out {
-                    expiry_shard.expire_cycle_timeouts.set(expiry_shard.expire_cycle_timeouts.get() + 1);
+                    expiry_shard
+                        .expire_cycle_timeouts
+                        .set(expiry_shard.expire_cycle_timeouts.get() + 1);
                 }
             }
         },

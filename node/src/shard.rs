@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use corekv_engine::{glob::glob_match, EngineError, EvictionPolicy, Expiry, Keyspace, KeyspaceStats, MemoryStats};
+use corekv_engine::{
+    glob::glob_match, EngineError, EvictionPolicy, Expiry, Keyspace, KeyspaceStats, MemoryStats,
+};
 use corekv_net::resp::{Protocol, ReplyEncoder};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
@@ -33,26 +35,74 @@ pub struct RemoteBatch {
 
 /// Work that multi-key and keyspace-wide commands ask of a shard.
 pub enum ShardCall {
-    MGet { db: usize, keys: Vec<Bytes> },
-    MSet { db: usize, pairs: Vec<(Bytes, Bytes)> },
-    Remove { db: usize, keys: Vec<Bytes> },
-    Exists { db: usize, keys: Vec<Bytes> },
-    Touch { db: usize, keys: Vec<Bytes> },
+    MGet {
+        db: usize,
+        keys: Vec<Bytes>,
+    },
+    MSet {
+        db: usize,
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    Remove {
+        db: usize,
+        keys: Vec<Bytes>,
+    },
+    Exists {
+        db: usize,
+        keys: Vec<Bytes>,
+    },
+    Touch {
+        db: usize,
+        keys: Vec<Bytes>,
+    },
     /// A key's value and absolute expiry, for RENAME/COPY.
-    Read { db: usize, key: Bytes },
+    Read {
+        db: usize,
+        key: Bytes,
+    },
     /// Writes a value with an absolute expiry; with `if_absent`, only when the key does not exist.
-    Write { db: usize, key: Bytes, value: Bytes, expire_at_ms: Option<u64>, if_absent: bool },
-    DbSize { db: usize },
-    FlushDb { db: usize },
+    Write {
+        db: usize,
+        key: Bytes,
+        value: Bytes,
+        expire_at_ms: Option<u64>,
+        if_absent: bool,
+    },
+    DbSize {
+        db: usize,
+    },
+    FlushDb {
+        db: usize,
+    },
     FlushAll,
-    Scan { db: usize, cursor: u64, count: usize, pattern: Option<Bytes>, type_filter: Option<Bytes> },
-    Keys { db: usize, pattern: Bytes },
-    RandomKey { db: usize, seed: u64 },
+    Scan {
+        db: usize,
+        cursor: u64,
+        count: usize,
+        pattern: Option<Bytes>,
+        type_filter: Option<Bytes>,
+    },
+    Keys {
+        db: usize,
+        pattern: Bytes,
+    },
+    RandomKey {
+        db: usize,
+        seed: u64,
+    },
     Report,
     ResetStats,
-    SetLimits { maxmemory_bytes: u64, policy: EvictionPolicy, samples: usize },
-    ClientList { id_filter: Option<Vec<u64>> },
-    ClientKill { filter: crate::client::KillFilter },
+    SetLimits {
+        maxmemory_bytes: u64,
+        policy: EvictionPolicy,
+        samples: usize,
+    },
+    ClientList {
+        id_filter: Option<Vec<u64>>,
+    },
+    ClientKill {
+        filter: crate::client::KillFilter,
+    },
 }
 
 pub enum CallReply {
@@ -104,7 +154,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, node: Arc<NodeShared>, keyspace: Keyspace, senders: Senders<ShardMsg>) -> Self {
+    pub fn new(
+        id: usize,
+        node: Arc<NodeShared>,
+        keyspace: Keyspace,
+        senders: Senders<ShardMsg>,
+    ) -> Self {
         let shards = node.config.shards;
         Shard {
             id,
@@ -120,14 +175,25 @@ impl Shard {
     }
 
     /// Runs a keyed command on this shard, encoding its reply into `out`.
-    pub fn run_keyed(&self, spec: &'static CommandSpec, db: usize, args: &[Bytes], out: &mut ReplyEncoder<'_>) {
+    pub fn run_keyed(
+        &self,
+        spec: &'static CommandSpec,
+        db: usize,
+        args: &[Bytes],
+        out: &mut ReplyEncoder<'_>,
+    ) {
         let Handler::Keyed(run) = spec.handler else {
             unreachable!("run_keyed called for coordinated command {}", spec.name);
         };
         let started = Instant::now();
         let mut keyspace = self.keyspace.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
-        let mut ctx = ExecCtx { keyspace: &mut keyspace, db, now_ms: now_ms(), scratch: &mut scratch };
+        let mut ctx = ExecCtx {
+            keyspace: &mut keyspace,
+            db,
+            now_ms: now_ms(),
+            scratch: &mut scratch,
+        };
         run(&mut ctx, args, out);
         self.commands.borrow_mut().record(spec, started.elapsed());
     }
@@ -142,7 +208,12 @@ impl Shard {
     ) -> Vec<Bytes> {
         debug_assert_ne!(target, self.id);
         let (reply, receiver) = oneshot::channel();
-        let msg = ShardMsg::Batch(RemoteBatch { db, protocol, commands, reply });
+        let msg = ShardMsg::Batch(RemoteBatch {
+            db,
+            protocol,
+            commands,
+            reply,
+        });
         if self.senders.send_to(target, msg).await.is_err() {
             return Vec::new();
         }
@@ -155,7 +226,12 @@ impl Shard {
             return self.handle_call(call);
         }
         let (reply, receiver) = oneshot::channel();
-        if self.senders.send_to(target, ShardMsg::Call(call, reply)).await.is_err() {
+        if self
+            .senders
+            .send_to(target, ShardMsg::Call(call, reply))
+            .await
+            .is_err()
+        {
             return CallReply::Done;
         }
         receiver.await.unwrap_or(CallReply::Done)
@@ -191,7 +267,9 @@ impl Shard {
         let mut ks = self.keyspace.borrow_mut();
         match call {
             ShardCall::MGet { db, keys } => CallReply::Values(
-                keys.iter().map(|k| ks.get(db, k, now).map(Bytes::copy_from_slice)).collect(),
+                keys.iter()
+                    .map(|k| ks.get(db, k, now).map(Bytes::copy_from_slice))
+                    .collect(),
             ),
             ShardCall::MSet { db, pairs } => {
                 for (key, value) in &pairs {
@@ -213,11 +291,19 @@ impl Shard {
             ShardCall::Read { db, key } => {
                 let expire = ks.info(db, &key, now).map(|i| i.expire_at_ms);
                 CallReply::Entry(match expire {
-                    Some(expire_at) => ks.peek(db, &key, now).map(|v| (Bytes::copy_from_slice(v), expire_at)),
+                    Some(expire_at) => ks
+                        .peek(db, &key, now)
+                        .map(|v| (Bytes::copy_from_slice(v), expire_at)),
                     None => None,
                 })
             }
-            ShardCall::Write { db, key, value, expire_at_ms, if_absent } => {
+            ShardCall::Write {
+                db,
+                key,
+                value,
+                expire_at_ms,
+                if_absent,
+            } => {
                 if if_absent && ks.contains(db, &key, now) {
                     return CallReply::Written(Ok(false));
                 }
@@ -233,9 +319,17 @@ impl Shard {
                 ks.flush_all();
                 CallReply::Done
             }
-            ShardCall::Scan { db, cursor, count, pattern, type_filter } => {
+            ShardCall::Scan {
+                db,
+                cursor,
+                count,
+                pattern,
+                type_filter,
+            } => {
                 let mut keys = Vec::new();
-                let string_type = type_filter.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
+                let string_type = type_filter
+                    .as_deref()
+                    .is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
                 let next_cursor = ks.scan(db, cursor, count, now, &mut |key| {
                     if string_type && pattern.as_deref().is_none_or(|p| glob_match(p, key, false)) {
                         keys.push(Bytes::copy_from_slice(key));
@@ -257,7 +351,9 @@ impl Shard {
                 CallReply::Key(ks.random_key(db, now, seed).map(Bytes::copy_from_slice))
             }
             ShardCall::Report => {
-                let databases = (0..ks.databases()).map(|db| (ks.len(db), ks.volatile_len(db))).collect();
+                let databases = (0..ks.databases())
+                    .map(|db| (ks.len(db), ks.volatile_len(db)))
+                    .collect();
                 CallReply::Report(Box::new(ShardReport {
                     memory: ks.memory_stats(),
                     keyspace: ks.stats(),
@@ -271,7 +367,11 @@ impl Shard {
                 *self.commands.borrow_mut() = CommandStats::default();
                 CallReply::Done
             }
-            ShardCall::SetLimits { maxmemory_bytes, policy, samples } => {
+            ShardCall::SetLimits {
+                maxmemory_bytes,
+                policy,
+                samples,
+            } => {
                 ks.set_limits(maxmemory_bytes, policy);
                 let _ = samples;
                 CallReply::Done

@@ -493,8 +493,7 @@ fn show_cmd(cmd: &[String]) -> String {
         .join(" ")
 }
 
-#[test]
-fn differential_against_redis() {
+fn seed_and_count(default_n: usize) -> (u64, usize) {
     let seed: u64 = match std::env::var("COREKV_DIFF_SEED") {
         Ok(s) => s.parse().expect("COREKV_DIFF_SEED must be a u64"),
         Err(_) => rand::thread_rng().gen(),
@@ -502,13 +501,39 @@ fn differential_against_redis() {
     let n: usize = std::env::var("COREKV_DIFF_COMMANDS")
         .ok()
         .map(|s| s.parse().expect("COREKV_DIFF_COMMANDS must be a number"))
-        .unwrap_or(20_000);
-    eprintln!("differential: seed {seed} ({n} commands); reproduce with COREKV_DIFF_SEED={seed}");
+        .unwrap_or(default_n);
+    (seed, n)
+}
+
+#[test]
+fn differential_against_redis() {
+    let (seed, n) = seed_and_count(20_000);
+    run_differential(seed, n, false);
+}
+
+/// The same with both connections switched to RESP3 (HELLO 3): maps, nulls, doubles.
+#[test]
+fn differential_resp3_against_redis() {
+    let (seed, n) = seed_and_count(5_000);
+    run_differential(seed, n, true);
+}
+
+fn run_differential(seed: u64, n: usize, resp3: bool) {
+    let proto = if resp3 { "RESP3" } else { "RESP2" };
+    eprintln!(
+        "differential ({proto}): seed {seed} ({n} commands); reproduce with COREKV_DIFF_SEED={seed}"
+    );
 
     let redis = Node::start_redis(&[]);
     let corekv = Node::start(&["--shards", "2"]);
     let mut a = corekv.client();
     let mut b = redis.client();
+    if resp3 {
+        for c in [&mut a, &mut b] {
+            let hello = q(c, "HELLO 3");
+            assert_eq!(hello.field("proto"), Some(int(3)), "{hello:?}");
+        }
+    }
     let t0 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -521,7 +546,7 @@ fn differential_against_redis() {
     let started = Instant::now();
     let fail = |i: usize, cmd: &[String], ra: &R, rb: &R, history: &VecDeque<String>| -> ! {
         panic!(
-            "differential mismatch at command #{i} (seed {seed}, reproduce with COREKV_DIFF_SEED={seed}):\n  command: {}\n  corekv:  {ra:?}\n  redis:   {rb:?}\nlast commands (corekv reply):\n{}",
+            "differential ({proto}) mismatch at command #{i} (seed {seed}, reproduce with COREKV_DIFF_SEED={seed}):\n  command: {}\n  corekv:  {ra:?}\n  redis:   {rb:?}\nlast commands (corekv reply):\n{}",
             show_cmd(cmd),
             history.iter().cloned().collect::<Vec<_>>().join("\n")
         )
@@ -569,7 +594,7 @@ fn differential_against_redis() {
         assert_eq!(da, dbb, "final DBSIZE of db {db} (seed {seed})");
     }
     eprintln!(
-        "differential: {n} commands agreed in {:.1} s ({errors} error replies, {nils} nil replies)",
+        "differential ({proto}): {n} commands agreed in {:.1} s ({errors} error replies, {nils} nil replies)",
         started.elapsed().as_secs_f64()
     );
     // The mix must mostly exercise real work, not just error paths.

@@ -92,16 +92,16 @@ fn expire_family_and_ttl() {
     check(&mut c, "PERSIST k", int(0));
     check(&mut c, "EXPIRE k 100", int(1));
     let ttl = q(&mut c, "TTL k").as_int();
-    assert!((99..=100).contains(&ttl), "{ttl}");
+    assert!((90..=100).contains(&ttl), "{ttl}");
     let pttl = q(&mut c, "PTTL k").as_int();
-    assert!((98_000..=100_000).contains(&pttl), "{pttl}");
+    assert!((90_000..=100_000).contains(&pttl), "{pttl}");
     let et = q(&mut c, "EXPIRETIME k").as_int();
-    assert!((et - (now_secs() + 100)).abs() <= 2, "{et}");
+    assert!((et - (now_secs() + 100)).abs() <= 10, "{et}");
     let pet = q(&mut c, "PEXPIRETIME k").as_int();
     assert!((pet / 1000 - et).abs() <= 1, "{pet} vs {et}");
     check(&mut c, "PEXPIRE k 200000", int(1));
     let pttl = q(&mut c, "PTTL k").as_int();
-    assert!((198_000..=200_000).contains(&pttl), "{pttl}");
+    assert!((190_000..=200_000).contains(&pttl), "{pttl}");
     let at = now_secs() + 1000;
     check(&mut c, &format!("EXPIREAT k {at}"), int(1));
     check(&mut c, "EXPIRETIME k", int(at));
@@ -178,12 +178,12 @@ fn expire_nx_xx_gt_lt() {
     check(&mut c, "EXPIRE k 50 GT", int(0));
     check(&mut c, "EXPIRE k 150 gt", int(1));
     let ttl = q(&mut c, "TTL k").as_int();
-    assert!((149..=150).contains(&ttl), "{ttl}");
+    assert!((140..=150).contains(&ttl), "{ttl}");
     check(&mut c, "EXPIRE k 300 LT", int(0));
     check(&mut c, "EXPIRE k 100 LT", int(1));
     check(&mut c, "EXPIRE k 120 XX", int(1));
     let ttl = q(&mut c, "TTL k").as_int();
-    assert!((119..=120).contains(&ttl), "{ttl}");
+    assert!((110..=120).contains(&ttl), "{ttl}");
     check(&mut c, "PERSIST k", int(1));
     check(&mut c, "EXPIRE k 100 LT", int(1)); // no TTL counts as infinite
     check(&mut c, "PERSIST k", int(1));

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod concurrency;
 mod differential;
 mod expiry;
 mod hostile;

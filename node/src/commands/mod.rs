@@ -74,7 +74,10 @@ impl CommandSpec {
 
 /// Every command corekv knows.
 pub fn all() -> impl Iterator<Item = &'static CommandSpec> {
-    strings::SPECS.iter().chain(keys::SPECS).chain(crate::coord::SPECS)
+    strings::SPECS
+        .iter()
+        .chain(keys::SPECS)
+        .chain(crate::coord::SPECS)
 }
 
 /// Longest command name corekv knows, for the case-folding buffer of [`lookup`].
@@ -86,8 +89,16 @@ fn table() -> &'static ahash::HashMap<&'static [u8], &'static CommandSpec> {
     TABLE.get_or_init(|| {
         let mut map = ahash::HashMap::default();
         for spec in all() {
-            assert!(spec.name.len() <= MAX_NAME_LEN, "command name too long: {}", spec.name);
-            assert!(spec.name.bytes().all(|b| !b.is_ascii_uppercase()), "{} is not lower-case", spec.name);
+            assert!(
+                spec.name.len() <= MAX_NAME_LEN,
+                "command name too long: {}",
+                spec.name
+            );
+            assert!(
+                spec.name.bytes().all(|b| !b.is_ascii_uppercase()),
+                "{} is not lower-case",
+                spec.name
+            );
             let previous = map.insert(spec.name.as_bytes(), spec);
             assert!(previous.is_none(), "command {} defined twice", spec.name);
         }

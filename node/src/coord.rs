@@ -140,9 +140,38 @@ pub async fn run(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
     flow
 }
 
+/// Whether a write must hold the node-wide turn: it writes on more than one shard.
+fn needs_sequencing(conn: &Connection, spec: &CommandSpec, args: &[Bytes]) -> bool {
+    let shards = conn.shard.shards;
+    if shards == 1 || !spec.flags.contains(&"write") {
+        return false;
+    }
+    if spec.first_key == 0 {
+        return true; // FLUSHDB, FLUSHALL
+    }
+    let mut owners = key_positions(spec, args.len())
+        .into_iter()
+        .map(|p| key_shard(&args[p], shards as u32));
+    let first = owners.next();
+    owners.any(|owner| Some(owner) != first)
+}
+
 async fn dispatch(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
     let args = std::mem::take(&mut conn.args);
-    let flow = match spec.name {
+    let sequenced = needs_sequencing(conn, spec, &args);
+    if sequenced {
+        conn.shard.sequenced_begin().await;
+    }
+    let flow = run_command(conn, spec, &args).await;
+    if sequenced {
+        conn.shard.sequenced_end().await;
+    }
+    conn.args = args;
+    flow
+}
+
+async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[Bytes]) -> Flow {
+    match spec.name {
         "ping" => {
             match args.len() {
                 1 => conn.encoder().simple("PONG"),
@@ -309,9 +338,7 @@ async fn dispatch(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
             Flow::Continue
         }
         other => unreachable!("coordinated command {other} has no implementation"),
-    };
-    conn.args = args;
-    flow
+    }
 }
 
 fn count_all(replies: impl IntoIterator<Item = CallReply>) -> i64 {

@@ -122,6 +122,49 @@ pub enum CallReply {
 pub enum ShardMsg {
     Batch(RemoteBatch),
     Call(ShardCall, oneshot::Sender<CallReply>),
+    /// Asks the sequencer (on shard 0) for the node-wide multi-key write turn.
+    SequencerAcquire(oneshot::Sender<()>),
+    /// Gives the turn back.
+    SequencerRelease,
+}
+
+/// The node-wide turn for writes that span shards. It lives on shard 0; every cross-shard
+/// multi-key write (MSET, MSETNX, DEL, RENAME, COPY, FLUSHDB, FLUSHALL over several shards) runs
+/// while holding it, so such writes are serializable among themselves: two concurrent MSETs never
+/// leave a mix of both, and of concurrent MSETNXs on the same keys exactly one wins. Single-key
+/// commands and reads do not take the turn (they may observe a cross-shard write half-applied).
+#[derive(Default)]
+struct Sequencer {
+    held: std::cell::Cell<bool>,
+    waiters: RefCell<std::collections::VecDeque<oneshot::Sender<()>>>,
+}
+
+impl Sequencer {
+    fn acquire(&self, grant: oneshot::Sender<()>) {
+        if self.held.get() {
+            self.waiters.borrow_mut().push_back(grant);
+        } else {
+            self.held.set(true);
+            self.grant_or_release(Some(grant));
+        }
+    }
+
+    fn release(&self) {
+        assert!(self.held.get(), "sequencer released while not held");
+        let next = self.waiters.borrow_mut().pop_front();
+        self.grant_or_release(next);
+    }
+
+    /// Hands the turn to `grant`'s requester, or to the next waiter if that requester is gone.
+    fn grant_or_release(&self, mut grant: Option<oneshot::Sender<()>>) {
+        while let Some(sender) = grant {
+            if sender.send(()).is_ok() {
+                return;
+            }
+            grant = self.waiters.borrow_mut().pop_front();
+        }
+        self.held.set(false);
+    }
 }
 
 /// What INFO needs from one shard.
@@ -151,6 +194,7 @@ pub struct Shard {
     pub clients: RefCell<slab::Slab<ClientSlot>>,
     pub commands: RefCell<CommandStats>,
     pub expire_cycle_timeouts: std::cell::Cell<u64>,
+    sequencer: Sequencer,
 }
 
 impl Shard {
@@ -171,6 +215,7 @@ impl Shard {
             clients: RefCell::new(slab::Slab::new()),
             commands: RefCell::new(CommandStats::default()),
             expire_cycle_timeouts: std::cell::Cell::new(0),
+            sequencer: Sequencer::default(),
         }
     }
 
@@ -242,9 +287,36 @@ impl Shard {
         futures::future::join_all((0..self.shards).map(|s| self.call(s, make(s)))).await
     }
 
+    /// Waits for the node-wide turn for a cross-shard write (see [`Sequencer`]). Every call must
+    /// be followed by [`Shard::sequenced_end`].
+    pub async fn sequenced_begin(&self) {
+        let (grant, granted) = oneshot::channel();
+        if self.id == 0 {
+            self.sequencer.acquire(grant);
+        } else if self
+            .senders
+            .send_to(0, ShardMsg::SequencerAcquire(grant))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = granted.await;
+    }
+
+    pub async fn sequenced_end(&self) {
+        if self.id == 0 {
+            self.sequencer.release();
+        } else {
+            let _ = self.senders.send_to(0, ShardMsg::SequencerRelease).await;
+        }
+    }
+
     /// Serves one message from another shard.
     pub fn handle_msg(&self, msg: ShardMsg) {
         match msg {
+            ShardMsg::SequencerAcquire(grant) => self.sequencer.acquire(grant),
+            ShardMsg::SequencerRelease => self.sequencer.release(),
             ShardMsg::Batch(batch) => {
                 let mut out = BytesMut::with_capacity(64 * batch.commands.len());
                 let mut replies = Vec::with_capacity(batch.commands.len());

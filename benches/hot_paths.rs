@@ -2,6 +2,8 @@
 //! the storage engine. Run with `cargo bench -p corekv-benches`.
 
 use bytes::{Bytes, BytesMut};
+use corekv_engine::slab_memory::SlabMemory;
+use corekv_engine::{EngineConfig, EvictionPolicy, Expiry, Keyspace};
 use corekv_net::resp::{ParseLimits, Protocol, ReplyEncoder, RequestParser};
 use corekv_net::routing::{key_shard, key_slot};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -24,12 +26,7 @@ fn set_request() -> Vec<u8> {
 /// Parses every request in `input` once, as a connection does after a read: append to the
 /// connection's buffer (reused, so its memory is reclaimed once the previous arguments are
 /// dropped), parse, then drop the arguments once the commands ran.
-fn parse_all(
-    parser: &mut RequestParser,
-    buf: &mut BytesMut,
-    args: &mut Vec<Bytes>,
-    input: &[u8],
-) -> usize {
+fn parse_all(parser: &mut RequestParser, buf: &mut BytesMut, args: &mut Vec<Bytes>, input: &[u8]) -> usize {
     buf.extend_from_slice(input);
     let mut arguments = 0;
     while parser.next(buf, args).expect("valid input") {
@@ -96,11 +93,173 @@ fn bench_routing(c: &mut Criterion) {
     group.finish();
 }
 
-// Engine benches join with their own `criterion_group!(engine_benches, ...)` in the section below,
-// listed here as `criterion_main!(net_benches, engine_benches)`.
+// Engine benches join with their own groups (`engine_benches`, `resident_get_benches`) defined in
+// the section below.
 criterion_group!(net_benches, bench_parse, bench_encode, bench_routing);
-criterion_main!(net_benches);
+criterion_main!(net_benches, engine_benches, resident_get_benches);
 
 // ---------------------------------------------------------------------------------------------
 // engine benches
 // ---------------------------------------------------------------------------------------------
+
+// The engine benches work on a keyspace shaped like `benches/memory-per-key.sh`'s: 1,000,000 keys
+// of 16 bytes ("key:" + 12 digits) with 32-byte values, i.e. 54-byte items in 56-byte chunks.
+
+const RESIDENT_KEYS: u64 = 1_000_000;
+const VALUE: [u8; 32] = [b'v'; 32];
+/// A fixed clock (ms since the epoch): nothing in these benches has a TTL, so time only feeds the
+/// LRU clock. The node reads the real clock once per request; that read is not measured here.
+const NOW_MS: u64 = 1_700_000_000_000;
+/// A key of the resident set (the one `get_request()` asks for).
+const RESIDENT_KEY: &[u8; 16] = b"key:000000000042";
+/// A 16-byte key that is not in the resident set.
+const MISSING_KEY: &[u8; 16] = b"nokey:0000000042";
+
+fn resident_key(i: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(format!("key:{i:012}").as_bytes());
+    key
+}
+
+/// A keyspace configured like a node's shard with default settings (16 databases, no memory
+/// limit), holding `RESIDENT_KEYS` keys in database 0.
+fn resident_keyspace() -> Keyspace {
+    let mut keyspace = Keyspace::new(EngineConfig {
+        databases: 16,
+        maxmemory_bytes: 0,
+        policy: EvictionPolicy::NoEviction,
+        eviction_samples: 5,
+    });
+    for i in 0..RESIDENT_KEYS {
+        keyspace
+            .set(0, &resident_key(i), &VALUE, Expiry::Persist, NOW_MS)
+            .expect("no memory limit");
+    }
+    assert_eq!(keyspace.len(0), RESIDENT_KEYS as usize);
+    keyspace
+}
+
+fn bench_keyspace(c: &mut Criterion) {
+    let mut keyspace = resident_keyspace();
+    assert_eq!(keyspace.get(0, RESIDENT_KEY, NOW_MS), Some(&VALUE[..]));
+    assert_eq!(keyspace.get(0, MISSING_KEY, NOW_MS), None);
+
+    let mut group = c.benchmark_group("keyspace_1m");
+    group.throughput(Throughput::Elements(1));
+    // The same key every iteration: its index slot and item stay in cache (the best case, as for
+    // a hot key).
+    group.bench_function("get_hit_16b_32b", |b| {
+        b.iter(|| keyspace.get(0, black_box(RESIDENT_KEY), NOW_MS).map(<[u8]>::len))
+    });
+    // A different resident key every iteration, in a pseudo-random order over all 1,000,000: the
+    // index slot and the item are usually not in cache (closer to a uniform random workload).
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let random_keys: Vec<[u8; 16]> = (0..4096)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            resident_key(rng % RESIDENT_KEYS)
+        })
+        .collect();
+    let mut next = 0usize;
+    group.bench_function("get_hit_16b_32b_random_key", |b| {
+        b.iter(|| {
+            next = (next + 1) & (random_keys.len() - 1);
+            keyspace.get(0, black_box(&random_keys[next]), NOW_MS).map(<[u8]>::len)
+        })
+    });
+    group.bench_function("get_miss_16b", |b| {
+        b.iter(|| keyspace.get(0, black_box(MISSING_KEY), NOW_MS).map(<[u8]>::len))
+    });
+    // Same key, same value size: rewritten in place in its chunk.
+    group.bench_function("set_overwrite_16b_32b", |b| {
+        b.iter(|| keyspace.set(0, black_box(RESIDENT_KEY), black_box(&VALUE), Expiry::Persist, NOW_MS))
+    });
+    // A key not in the keyspace is written (chunk allocation + index insert) and removed again
+    // (index removal with backward shift + chunk free).
+    let fresh_key = b"fresh:0000000042";
+    group.bench_function("set_remove_fresh_16b_32b", |b| {
+        b.iter(|| {
+            keyspace
+                .set(0, black_box(fresh_key), black_box(&VALUE), Expiry::Persist, NOW_MS)
+                .expect("no memory limit");
+            keyspace.remove(0, black_box(fresh_key), NOW_MS)
+        })
+    });
+    group.finish();
+    assert_eq!(keyspace.len(0), RESIDENT_KEYS as usize);
+}
+
+fn bench_slab(c: &mut Criterion) {
+    // `SlabMemory` is public: allocate and free one 56-byte chunk (the chunk of a 16-byte key with
+    // a 32-byte value) in a slab memory whose 56-byte class already holds live chunks, so the page
+    // stays in use and the pair is the steady-state free-list pop and push (freeing the last chunk
+    // of a page would release the page instead).
+    let mut mem = SlabMemory::new();
+    let live: Vec<_> = (0..10_000).map(|_| mem.alloc(56).expect("page available")).collect();
+    let mut group = c.benchmark_group("slab_memory");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("alloc_free_56b", |b| {
+        b.iter(|| {
+            let h = mem.alloc(black_box(56)).expect("page available");
+            mem.free(black_box(h));
+            h
+        })
+    });
+    group.finish();
+    assert_eq!(mem.live(), live.len() as u64);
+}
+
+criterion_group!(engine_benches, bench_keyspace, bench_slab);
+
+// ---------------------------------------------------------------------------------------------
+// resident GET: the whole per-request CPU path of a local GET
+// ---------------------------------------------------------------------------------------------
+
+/// One `GET key:000000000042` as a shard runs it when the key lives on this shard: parse the
+/// request from the connection buffer, route the key (2 shards), look it up in a keyspace of
+/// 1,000,000 resident keys and encode the bulk reply into the connection's output buffer.
+///
+/// The node's command functions cannot be called from here (corekv-node is a binary crate), so the
+/// GET steps are done directly, as `node/src/commands/strings.rs`'s `get` does them
+/// (`keyspace.get(db, &args[1], now_ms)` then `enc.bulk(v)`). Not measured: the socket read and
+/// write, the clock read, the command-table lookup and the hop to another shard (the key is
+/// routed but the lookup always runs here, as it would for a key this shard owns).
+///
+/// Buffers and the argument vector are reused across iterations (the request buffer is refilled
+/// with `extend_from_slice`, the reply buffer cleared), so this is the allocation-free steady state
+/// of a connection.
+fn bench_resident_get(c: &mut Criterion) {
+    let mut keyspace = resident_keyspace();
+    let request = get_request();
+    let mut parser = RequestParser::new(ParseLimits::default());
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut args: Vec<Bytes> = Vec::new();
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut step = |input: &mut BytesMut, out: &mut BytesMut| -> u32 {
+        input.extend_from_slice(black_box(&request));
+        assert!(parser.next(input, &mut args).expect("valid request"));
+        let key = &args[1];
+        let shard = key_shard(key, 2);
+        out.clear();
+        let mut enc = ReplyEncoder::new(out, Protocol::Resp2);
+        match keyspace.get(0, key, NOW_MS) {
+            Some(v) => enc.bulk(v),
+            None => enc.null(),
+        }
+        shard
+    };
+    step(&mut input, &mut out);
+    assert_eq!(&out[..], &b"$32\r\nvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\r\n"[..]);
+    assert!(input.is_empty());
+
+    let mut group = c.benchmark_group("resident_get");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_route_lookup_encode_16b_32b", |b| {
+        b.iter(|| step(&mut input, &mut out))
+    });
+    group.finish();
+}
+
+criterion_group!(resident_get_benches, bench_resident_get);

@@ -54,8 +54,7 @@ fn match_token(pattern: &[u8], mut p: usize, c: u8, nocase: bool) -> (bool, usiz
                     if start > end {
                         std::mem::swap(&mut start, &mut end);
                     }
-                    let (start, end, ch) =
-                        (fold(start, nocase), fold(end, nocase), fold(c, nocase));
+                    let (start, end, ch) = (fold(start, nocase), fold(end, nocase), fold(c, nocase));
                     p += 2;
                     if ch >= start && ch <= end {
                         matched = true;
@@ -199,11 +198,7 @@ mod tests {
             ("[?]", "a", false),
             ("user:*:name", "user:42:name", true),
             ("user:*:name", "user:42:nam", false),
-            (
-                "*a*a*a*b",
-                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-                false,
-            ),
+            ("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
             ("*a*a*a*a", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", true),
         ];
         for &(p, s, e) in cases {

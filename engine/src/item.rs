@@ -91,13 +91,7 @@ pub fn layout(buf: &[u8]) -> Layout {
 }
 
 /// Writes the header and the key; returns where the value goes.
-pub fn write_head(
-    buf: &mut [u8],
-    klen: usize,
-    vlen: usize,
-    expire_at: Option<u64>,
-    lru: u32,
-) -> usize {
+pub fn write_head(buf: &mut [u8], klen: usize, vlen: usize, expire_at: Option<u64>, lru: u32) -> usize {
     let kc = width_code(klen);
     let vc = width_code(vlen);
     buf[0] = LIVE | (kc << 1) | (vc << 3) | if expire_at.is_some() { TTL } else { 0 };

@@ -337,14 +337,7 @@ impl Keyspace {
 
     /// Writes `value` under `key` (replacing any previous value) with the given expiry.
     /// Evicts first if the policy allows and the budget needs it; on error nothing changed.
-    pub fn set(
-        &mut self,
-        db: usize,
-        key: &[u8],
-        value: &[u8],
-        expiry: Expiry,
-        now_ms: u64,
-    ) -> Result<(), EngineError> {
+    pub fn set(&mut self, db: usize, key: &[u8], value: &[u8], expiry: Expiry, now_ms: u64) -> Result<(), EngineError> {
         if db >= self.dbs.len() {
             return Err(EngineError::InvalidDb);
         }
@@ -497,9 +490,7 @@ impl Keyspace {
     fn score(&mut self, h: Handle, now_ms: u64) -> u64 {
         let buf = self.mem.bytes(h);
         match self.config.policy {
-            EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru => {
-                item::idle_secs(item::lru(buf), now_ms)
-            }
+            EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru => item::idle_secs(item::lru(buf), now_ms),
             EvictionPolicy::VolatileTtl => u64::MAX - item::expire_at(buf).unwrap_or(u64::MAX),
             EvictionPolicy::AllKeysRandom | EvictionPolicy::NoEviction => splitmix(&mut self.rng),
         }
@@ -566,17 +557,11 @@ impl Keyspace {
     }
 
     fn eligible(&self, h: Handle, exclude: Option<Handle>) -> bool {
-        Some(h) != exclude
-            && (!self.volatile_policy() || item::expire_at(self.mem.bytes(h)).is_some())
+        Some(h) != exclude && (!self.volatile_policy() || item::expire_at(self.mem.bytes(h)).is_some())
     }
 
     /// Looks for a victim directly in the pages of class `c` (when sampling keys keeps missing it).
-    fn victim_in_class(
-        &mut self,
-        c: u8,
-        exclude: Option<Handle>,
-        now_ms: u64,
-    ) -> Option<(usize, Handle)> {
+    fn victim_in_class(&mut self, c: u8, exclude: Option<Handle>, now_ms: u64) -> Option<(usize, Handle)> {
         let mut best: Option<(u64, Handle)> = None;
         for _ in 0..self.config.eviction_samples.max(1) {
             let r = splitmix(&mut self.rng);
@@ -633,13 +618,7 @@ impl Keyspace {
 
     /// Sets or clears a live key's expiry. Returns false if the key does not exist.
     /// An expiry at or before `now_ms` deletes the key (and still returns true).
-    pub fn set_expiry(
-        &mut self,
-        db: usize,
-        key: &[u8],
-        expire_at_ms: Option<u64>,
-        now_ms: u64,
-    ) -> bool {
+    pub fn set_expiry(&mut self, db: usize, key: &[u8], expire_at_ms: Option<u64>, now_ms: u64) -> bool {
         let Some(h) = self.lookup(db, key, now_ms) else {
             return false;
         };
@@ -665,10 +644,7 @@ impl Keyspace {
         let buf = self.mem.bytes(h);
         let l = item::layout(buf);
         let lru = item::lru(buf);
-        let Some(nh) = self
-            .mem
-            .alloc(item::size(l.klen, l.vlen, expire_at.is_some()))
-        else {
+        let Some(nh) = self.mem.alloc(item::size(l.klen, l.vlen, expire_at.is_some())) else {
             return false;
         };
         let (src, dst) = self.mem.pair_mut(h, nh);
@@ -695,12 +671,7 @@ impl Keyspace {
         if db >= self.dbs.len() {
             return;
         }
-        if self
-            .dbs
-            .iter()
-            .enumerate()
-            .all(|(i, d)| i == db || d.main.is_empty())
-        {
+        if self.dbs.iter().enumerate().all(|(i, d)| i == db || d.main.is_empty()) {
             return self.flush_all();
         }
         let d = std::mem::take(&mut self.dbs[db]);
@@ -726,14 +697,7 @@ impl Keyspace {
     /// live key. Returns the next cursor, 0 when the scan is complete.
     ///
     /// Like Redis, a step stops once it has visited `count` keys or `10 × count` buckets.
-    pub fn scan(
-        &mut self,
-        db: usize,
-        cursor: u64,
-        count: usize,
-        now_ms: u64,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> u64 {
+    pub fn scan(&mut self, db: usize, cursor: u64, count: usize, now_ms: u64, visit: &mut dyn FnMut(&[u8])) -> u64 {
         if db >= self.dbs.len() {
             return 0;
         }
@@ -748,9 +712,7 @@ impl Keyspace {
                 return 0;
             }
             batch.clear();
-            self.dbs[db]
-                .main
-                .scan_bucket(cursor, key_hash(&self.mem), &mut batch);
+            self.dbs[db].main.scan_bucket(cursor, key_hash(&self.mem), &mut batch);
             // The next cursor follows the table as it was when the bucket was read; deleting
             // expired keys below may halve it, which the cursor order tolerates.
             let next = self.dbs[db].main.next_cursor(cursor);
@@ -842,11 +804,7 @@ impl Keyspace {
     ///
     /// Each database's expires index is walked from where the previous cycle stopped, so every
     /// key with a TTL is eventually examined.
-    pub fn active_expire_cycle(
-        &mut self,
-        now_ms: u64,
-        deadline: &mut dyn FnMut() -> bool,
-    ) -> ExpireCycleStats {
+    pub fn active_expire_cycle(&mut self, now_ms: u64, deadline: &mut dyn FnMut() -> bool) -> ExpireCycleStats {
         let mut out = ExpireCycleStats::default();
         let ndb = self.dbs.len();
         let start = self.expire_db_cursor % ndb;
@@ -966,20 +924,14 @@ mod tests {
                 dataset += (l.klen + l.vlen) as u64;
                 items += 1;
                 let has_ttl = l.expire_at.is_some();
-                assert_eq!(
-                    d.expires.find(hash_handle(h), |x| x == h).is_some(),
-                    has_ttl
-                );
+                assert_eq!(d.expires.find(hash_handle(h), |x| x == h).is_some(), has_ttl);
             }
             assert!(d.expires.len() <= d.main.len());
         }
         assert_eq!(k.dataset_bytes, dataset);
         assert_eq!(k.mem.live(), items);
         let m = k.memory_stats();
-        assert_eq!(
-            m.used_bytes,
-            m.slab_page_bytes + m.large_bytes + m.index_bytes
-        );
+        assert_eq!(m.used_bytes, m.slab_page_bytes + m.large_bytes + m.index_bytes);
         assert!(m.slab_used_bytes <= m.slab_page_bytes);
     }
 
@@ -1010,10 +962,7 @@ mod tests {
         assert!(!k.remove(0, b"a", 0));
         assert_eq!(k.len(0), 1);
         // Out-of-range databases never panic.
-        assert_eq!(
-            k.set(16, b"x", b"y", Expiry::Persist, 0),
-            Err(EngineError::InvalidDb)
-        );
+        assert_eq!(k.set(16, b"x", b"y", Expiry::Persist, 0), Err(EngineError::InvalidDb));
         assert_eq!(k.get(99, b"x", 0), None);
         assert!(!k.move_key(0, 99, b"", 0));
         k.swap_db(0, 99);
@@ -1038,14 +987,8 @@ mod tests {
         assert_eq!(k.get(0, b"big", 20_000), Some(&v[..]));
         check_accounting(&k);
         let huge = vec![0u8; item::MAX_LEN + 1];
-        assert_eq!(
-            k.set(0, b"x", &huge, Expiry::Persist, 0),
-            Err(EngineError::TooLarge)
-        );
-        assert_eq!(
-            k.set(0, &huge, b"x", Expiry::Persist, 0),
-            Err(EngineError::TooLarge)
-        );
+        assert_eq!(k.set(0, b"x", &huge, Expiry::Persist, 0), Err(EngineError::TooLarge));
+        assert_eq!(k.set(0, &huge, b"x", Expiry::Persist, 0), Err(EngineError::TooLarge));
         drop(huge);
         k.flush_all();
         assert_eq!(k.memory_stats().used_bytes, 0);
@@ -1106,14 +1049,8 @@ mod tests {
     fn move_swap_random() {
         let mut k = ks(4, 0, EvictionPolicy::NoEviction);
         for i in 0..100u32 {
-            k.set(
-                0,
-                format!("k{i}").as_bytes(),
-                b"v",
-                Expiry::At(1_000 + i as u64),
-                0,
-            )
-            .unwrap();
+            k.set(0, format!("k{i}").as_bytes(), b"v", Expiry::At(1_000 + i as u64), 0)
+                .unwrap();
         }
         k.set(1, b"k5", b"other", Expiry::Persist, 0).unwrap();
         assert!(!k.move_key(0, 1, b"k5", 0));
@@ -1154,11 +1091,9 @@ mod tests {
             } else {
                 Expiry::Persist
             };
-            k.set((i % 2) as usize, &i.to_le_bytes(), &v, exp, 0)
-                .unwrap();
+            k.set((i % 2) as usize, &i.to_le_bytes(), &v, exp, 0).unwrap();
         }
-        k.set(0, b"large", &vec![0u8; 200_000], Expiry::Persist, 0)
-            .unwrap();
+        k.set(0, b"large", &vec![0u8; 200_000], Expiry::Persist, 0).unwrap();
         check_accounting(&k);
         assert!(k.memory_stats().used_bytes > 10 << 20);
         k.flush_db(1);
@@ -1169,8 +1104,7 @@ mod tests {
         assert_eq!(m, MemoryStats { ..baseline });
         // Same after flush_all, and after deleting everything key by key (pages are released).
         for i in 0..20_000u32 {
-            k.set(0, &i.to_le_bytes(), &[0u8; 100], Expiry::Persist, 0)
-                .unwrap();
+            k.set(0, &i.to_le_bytes(), &[0u8; 100], Expiry::Persist, 0).unwrap();
         }
         for i in 0..20_000u32 {
             assert!(k.remove(0, &i.to_le_bytes(), 0));
@@ -1185,9 +1119,7 @@ mod tests {
     #[test]
     fn scan_guarantee_with_churn_and_expiry() {
         let mut k = ks(1, 0, EvictionPolicy::NoEviction);
-        let stable: BTreeSet<Vec<u8>> = (0..2000u32)
-            .map(|i| format!("stable:{i}").into_bytes())
-            .collect();
+        let stable: BTreeSet<Vec<u8>> = (0..2000u32).map(|i| format!("stable:{i}").into_bytes()).collect();
         for key in &stable {
             k.set(0, key, b"v", Expiry::Persist, 0).unwrap();
         }
@@ -1207,22 +1139,12 @@ mod tests {
             steps += 1;
             // Grow the table while scanning, and delete some churn keys.
             for _ in 0..30 {
-                k.set(
-                    0,
-                    format!("churn:{next}").as_bytes(),
-                    b"v",
-                    Expiry::Persist,
-                    200,
-                )
-                .unwrap();
+                k.set(0, format!("churn:{next}").as_bytes(), b"v", Expiry::Persist, 200)
+                    .unwrap();
                 next += 1;
             }
             for j in 0..10 {
-                k.remove(
-                    0,
-                    format!("churn:{}", next.saturating_sub(j * 3)).as_bytes(),
-                    200,
-                );
+                k.remove(0, format!("churn:{}", next.saturating_sub(j * 3)).as_bytes(), 200);
             }
             if cursor == 0 {
                 break;
@@ -1251,14 +1173,8 @@ mod tests {
             };
             let r = k.set((i % 4) as usize, &i.to_le_bytes(), &v, exp, i as u64);
             let used = k.memory_stats().used_bytes;
-            assert!(
-                used <= max,
-                "{policy:?}: used {used} > {max} after write {i}"
-            );
-            if matches!(
-                policy,
-                EvictionPolicy::AllKeysLru | EvictionPolicy::AllKeysRandom
-            ) {
+            assert!(used <= max, "{policy:?}: used {used} > {max} after write {i}");
+            if matches!(policy, EvictionPolicy::AllKeysLru | EvictionPolicy::AllKeysRandom) {
                 r.unwrap();
             }
             if i % 10_000 == 0 {
@@ -1318,33 +1234,17 @@ mod tests {
         let mut k = ks(1, max, EvictionPolicy::VolatileTtl);
         let mut i = 0u64;
         while k.stats().evicted_keys == 0 {
-            k.set(
-                0,
-                &i.to_le_bytes(),
-                &[0u8; 100],
-                Expiry::At(1_000_000 + i),
-                0,
-            )
-            .unwrap();
+            k.set(0, &i.to_le_bytes(), &[0u8; 100], Expiry::At(1_000_000 + i), 0)
+                .unwrap();
             i += 1;
         }
         for _ in 0..5000 {
-            k.set(
-                0,
-                &i.to_le_bytes(),
-                &[0u8; 100],
-                Expiry::At(1_000_000 + i),
-                0,
-            )
-            .unwrap();
+            k.set(0, &i.to_le_bytes(), &[0u8; 100], Expiry::At(1_000_000 + i), 0)
+                .unwrap();
             i += 1;
         }
-        let early = (0..1000u64)
-            .filter(|j| k.contains(0, &j.to_le_bytes(), 0))
-            .count();
-        let late = (i - 1000..i)
-            .filter(|j| k.contains(0, &j.to_le_bytes(), 0))
-            .count();
+        let early = (0..1000u64).filter(|j| k.contains(0, &j.to_le_bytes(), 0)).count();
+        let late = (i - 1000..i).filter(|j| k.contains(0, &j.to_le_bytes(), 0)).count();
         assert!(late > early * 2, "late {late} early {early}");
     }
 
@@ -1387,19 +1287,12 @@ mod tests {
         assert!(used <= max);
         // A bigger value for an existing key does not fit: the old value stays.
         assert_eq!(
-            k.set(
-                0,
-                &0u32.to_le_bytes(),
-                &vec![2u8; 1_500_000],
-                Expiry::Persist,
-                0
-            ),
+            k.set(0, &0u32.to_le_bytes(), &vec![2u8; 1_500_000], Expiry::Persist, 0),
             Err(EngineError::OutOfMemory)
         );
         assert_eq!(k.get(0, &0u32.to_le_bytes(), 0), Some(&[1u8; 300][..]));
         // Same-class overwrites still work in place.
-        k.set(0, &0u32.to_le_bytes(), &[3u8; 301], Expiry::Persist, 0)
-            .unwrap();
+        k.set(0, &0u32.to_le_bytes(), &[3u8; 301], Expiry::Persist, 0).unwrap();
         assert_eq!(k.get(0, &0u32.to_le_bytes(), 0), Some(&[3u8; 301][..]));
         // After a delete, a new key fits again.
         assert!(k.remove(0, &1u32.to_le_bytes(), 0));
@@ -1412,8 +1305,7 @@ mod tests {
             Err(EngineError::OutOfMemory)
         );
         k.set_limits(1 << 20, EvictionPolicy::AllKeysLru);
-        k.set(0, &5u32.to_le_bytes(), &[5u8; 300], Expiry::Persist, 0)
-            .unwrap();
+        k.set(0, &5u32.to_le_bytes(), &[5u8; 300], Expiry::Persist, 0).unwrap();
         assert!(k.memory_stats().used_bytes <= 1 << 20);
         assert!(k.len(0) > 100, "{}", k.len(0));
         check_accounting(&k);
@@ -1427,30 +1319,20 @@ mod tests {
         let mut k = ks(1, max, EvictionPolicy::AllKeysLru);
         let mut i = 0u32;
         while k.stats().evicted_keys == 0 {
-            k.set(0, &i.to_le_bytes(), &[0u8; 40], Expiry::Persist, 0)
-                .unwrap();
+            k.set(0, &i.to_le_bytes(), &[0u8; 40], Expiry::Persist, 0).unwrap();
             i += 1;
         }
         let small = k.len(0);
         for j in 0..3000u32 {
-            k.set(
-                0,
-                &(1_000_000 + j).to_le_bytes(),
-                &[1u8; 2000],
-                Expiry::Persist,
-                1000,
-            )
-            .unwrap();
+            k.set(0, &(1_000_000 + j).to_le_bytes(), &[1u8; 2000], Expiry::Persist, 1000)
+                .unwrap();
             assert!(k.memory_stats().used_bytes <= max);
         }
         let big = (0..3000u32)
             .filter(|j| k.contains(0, &(1_000_000 + j).to_le_bytes(), 0))
             .count();
         assert!(big > 2000, "{big} of the new items kept");
-        assert!(
-            k.len(0) > big,
-            "some small items are kept too ({small} before)"
-        );
+        assert!(k.len(0) > big, "some small items are kept too ({small} before)");
         check_accounting(&k);
     }
 
@@ -1496,8 +1378,7 @@ mod tests {
         // Nothing expired: a cycle samples and stops.
         let mut k2 = ks(1, 0, EvictionPolicy::NoEviction);
         for i in 0..100u32 {
-            k2.set(0, &i.to_le_bytes(), b"v", Expiry::At(10_000), 0)
-                .unwrap();
+            k2.set(0, &i.to_le_bytes(), b"v", Expiry::At(10_000), 0).unwrap();
         }
         let out = k2.active_expire_cycle(0, &mut || false);
         assert_eq!((out.sampled, out.expired), (20, 0));

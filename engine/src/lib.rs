@@ -15,6 +15,6 @@ pub mod slab_memory;
 pub mod table;
 
 pub use keyspace::{
-    EngineConfig, EngineError, EvictionPolicy, ExpireCycleStats, Expiry, Keyspace, KeyspaceStats,
-    MemoryStats, ValueInfo,
+    EngineConfig, EngineError, EvictionPolicy, ExpireCycleStats, Expiry, Keyspace, KeyspaceStats, MemoryStats,
+    ValueInfo,
 };

@@ -185,9 +185,7 @@ impl SlabMemory {
         if h & LARGE_BIT != 0 {
             None
         } else {
-            self.pages[(h >> OFFSET_BITS) as usize]
-                .as_ref()
-                .map(|p| p.class)
+            self.pages[(h >> OFFSET_BITS) as usize].as_ref().map(|p| p.class)
         }
     }
 
@@ -240,9 +238,7 @@ impl SlabMemory {
         };
         let class = &mut self.classes[c as usize];
         let units = class.size / UNIT as u32;
-        let page = self.pages[pid as usize]
-            .as_mut()
-            .expect("nonfull page exists");
+        let page = self.pages[pid as usize].as_mut().expect("nonfull page exists");
         let off = if page.free_head != NONE {
             let off = page.free_head;
             let at = off as usize * UNIT + 4;
@@ -307,9 +303,7 @@ impl SlabMemory {
         }
         let pid = h >> OFFSET_BITS;
         let off = h & OFFSET_MASK;
-        let page = self.pages[pid as usize]
-            .as_mut()
-            .expect("freeing a live chunk");
+        let page = self.pages[pid as usize].as_mut().expect("freeing a live chunk");
         let class = &mut self.classes[page.class as usize];
         let at = off as usize * UNIT;
         page.mem[at] = 0;
@@ -353,9 +347,7 @@ impl SlabMemory {
         if Self::is_large(h) {
             &self.large[(h & !LARGE_BIT) as usize]
         } else {
-            let page = self.pages[(h >> OFFSET_BITS) as usize]
-                .as_ref()
-                .expect("live handle");
+            let page = self.pages[(h >> OFFSET_BITS) as usize].as_ref().expect("live handle");
             let at = (h & OFFSET_MASK) as usize * UNIT;
             let size = self.classes[page.class as usize].size as usize;
             &page.mem[at..at + size]
@@ -366,9 +358,7 @@ impl SlabMemory {
         if Self::is_large(h) {
             &mut self.large[(h & !LARGE_BIT) as usize]
         } else {
-            let page = self.pages[(h >> OFFSET_BITS) as usize]
-                .as_mut()
-                .expect("live handle");
+            let page = self.pages[(h >> OFFSET_BITS) as usize].as_mut().expect("live handle");
             let at = (h & OFFSET_MASK) as usize * UNIT;
             let size = self.classes[page.class as usize].size as usize;
             &mut page.mem[at..at + size]
@@ -401,10 +391,7 @@ impl SlabMemory {
                 if ps == pd {
                     let page = self.pages[ps].as_mut().expect("live handle");
                     let size = self.classes[page.class as usize].size as usize;
-                    let (s_at, d_at) = (
-                        (src & OFFSET_MASK) as usize * UNIT,
-                        (dst & OFFSET_MASK) as usize * UNIT,
-                    );
+                    let (s_at, d_at) = ((src & OFFSET_MASK) as usize * UNIT, (dst & OFFSET_MASK) as usize * UNIT);
                     if s_at < d_at {
                         let (lo, hi) = page.mem.split_at_mut(d_at);
                         (&lo[s_at..s_at + size], &mut hi[..size])
@@ -425,10 +412,7 @@ impl SlabMemory {
                     let d_size = self.classes[dp.class as usize].size as usize;
                     let s_at = (src & OFFSET_MASK) as usize * UNIT;
                     let d_at = (dst & OFFSET_MASK) as usize * UNIT;
-                    (
-                        &sp.mem[s_at..s_at + s_size],
-                        &mut dp.mem[d_at..d_at + d_size],
-                    )
+                    (&sp.mem[s_at..s_at + s_size], &mut dp.mem[d_at..d_at + d_size])
                 }
             }
         }
@@ -504,17 +488,13 @@ impl SlabMemory {
 }
 
 fn page_chunk<'a>(pages: &'a [Option<Page>], classes: &[Class], h: Handle) -> &'a [u8] {
-    let page = pages[(h >> OFFSET_BITS) as usize]
-        .as_ref()
-        .expect("live handle");
+    let page = pages[(h >> OFFSET_BITS) as usize].as_ref().expect("live handle");
     let at = (h & OFFSET_MASK) as usize * UNIT;
     &page.mem[at..at + classes[page.class as usize].size as usize]
 }
 
 fn page_chunk_mut<'a>(pages: &'a mut [Option<Page>], classes: &[Class], h: Handle) -> &'a mut [u8] {
-    let page = pages[(h >> OFFSET_BITS) as usize]
-        .as_mut()
-        .expect("live handle");
+    let page = pages[(h >> OFFSET_BITS) as usize].as_mut().expect("live handle");
     let at = (h & OFFSET_MASK) as usize * UNIT;
     &mut page.mem[at..at + classes[page.class as usize].size as usize]
 }
@@ -525,10 +505,7 @@ fn remove_nonfull(nonfull: &mut Vec<u32>, pages: &mut [Option<Page>], pos: u32) 
     let pos = pos as usize;
     nonfull.swap_remove(pos);
     if let Some(&moved) = nonfull.get(pos) {
-        pages[moved as usize]
-            .as_mut()
-            .expect("nonfull page exists")
-            .nonfull_pos = pos as u32;
+        pages[moved as usize].as_mut().expect("nonfull page exists").nonfull_pos = pos as u32;
     }
 }
 
@@ -567,11 +544,7 @@ mod tests {
         for i in 0..per_page + 10 {
             assert_eq!(
                 m.alloc_cost(50),
-                if i == 0 || i == per_page {
-                    PAGE_SIZE as u64
-                } else {
-                    0
-                }
+                if i == 0 || i == per_page { PAGE_SIZE as u64 } else { 0 }
             );
             let h = m.alloc(50).unwrap();
             assert_eq!(m.bytes(h).len(), 56);

@@ -423,11 +423,7 @@ mod tests {
                     t.remove_at(s, hash_handle);
                 }
             }
-            let missing: HashSet<u32> = stable
-                .iter()
-                .copied()
-                .filter(|h| !seen.contains_key(h))
-                .collect();
+            let missing: HashSet<u32> = stable.iter().copied().filter(|h| !seen.contains_key(h)).collect();
             assert!(missing.is_empty(), "round {round}: missing {missing:?}");
             if round % 2 == 0 {
                 assert!(max_cap > start_cap, "the table grew during the scan");

@@ -104,10 +104,7 @@ mod tests {
 
     #[test]
     fn hash_tags() {
-        assert_eq!(
-            key_slot(b"{user1000}.following"),
-            key_slot(b"{user1000}.followers")
-        );
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
         // Empty tag: the whole key is hashed.
         assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
@@ -158,12 +155,7 @@ mod tests {
                 let after = slot_shard(slot, n + 1);
                 assert!(before < n && after <= n);
                 if before != after {
-                    assert_eq!(
-                        after,
-                        n,
-                        "slot {slot} moved {before} -> {after} for {n}->{}",
-                        n + 1
-                    );
+                    assert_eq!(after, n, "slot {slot} moved {before} -> {after} for {n}->{}", n + 1);
                     moved += 1;
                 }
             }
@@ -186,10 +178,7 @@ mod tests {
             }
             let expected = f64::from(SLOTS) / f64::from(n);
             for c in counts {
-                assert!(
-                    (f64::from(c) - expected).abs() <= 5.0 * expected.sqrt(),
-                    "n={n}"
-                );
+                assert!((f64::from(c) - expected).abs() <= 5.0 * expected.sqrt(), "n={n}");
             }
         }
     }

@@ -63,10 +63,7 @@ impl KillFilter {
             return false;
         }
         self.id.is_none_or(|id| id == info.id)
-            && self
-                .addr
-                .as_ref()
-                .is_none_or(|a| *a == info.addr.to_string())
+            && self.addr.as_ref().is_none_or(|a| *a == info.addr.to_string())
             && self
                 .local_addr
                 .as_ref()

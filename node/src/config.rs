@@ -15,10 +15,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
     #[error("invalid {setting} '{value}': {reason}")]
@@ -115,20 +112,16 @@ impl Config {
                 value: text,
                 reason,
             })?,
-            (None, Some(toml::Value::Integer(n))) => {
-                u64::try_from(n).map_err(|_| ConfigError::Invalid {
-                    setting: "maxmemory",
-                    value: n.to_string(),
-                    reason: "must not be negative",
-                })?
-            }
-            (None, Some(toml::Value::String(text))) => {
-                parse_size(&text).map_err(|reason| ConfigError::Invalid {
-                    setting: "maxmemory",
-                    value: text,
-                    reason,
-                })?
-            }
+            (None, Some(toml::Value::Integer(n))) => u64::try_from(n).map_err(|_| ConfigError::Invalid {
+                setting: "maxmemory",
+                value: n.to_string(),
+                reason: "must not be negative",
+            })?,
+            (None, Some(toml::Value::String(text))) => parse_size(&text).map_err(|reason| ConfigError::Invalid {
+                setting: "maxmemory",
+                value: text,
+                reason,
+            })?,
             (None, Some(other)) => {
                 return Err(ConfigError::Invalid {
                     setting: "maxmemory",
@@ -172,10 +165,7 @@ impl Config {
             });
         }
         Ok(Config {
-            bind: cli
-                .bind
-                .or(file.bind)
-                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            bind: cli.bind.or(file.bind).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
             shards,
             data_dir: cli
@@ -206,9 +196,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 /// (`k`=1000, `kb`=1024, `m`=10^6, `mb`=1024², `g`=10^9, `gb`=1024³), case-insensitive.
 pub fn parse_size(text: &str) -> Result<u64, &'static str> {
     let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
     let (digits, unit) = lower.split_at(split);
     if digits.is_empty() {
         return Err("expected a number of bytes, optionally followed by kb, mb or gb");
@@ -311,11 +299,7 @@ mod tests {
             ..Cli::default()
         })
         .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("invalid maxmemory-policy 'lfu'"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("invalid maxmemory-policy 'lfu'"), "{err}");
         let err = Config::resolve(Cli {
             shards: Some(0),
             ..Cli::default()

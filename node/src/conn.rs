@@ -205,13 +205,11 @@ impl Connection {
         if self.remote_pending {
             let start = self.staged.len();
             let mut encoder = ReplyEncoder::new(&mut self.staged, self.protocol);
-            self.shard
-                .run_keyed(spec, self.db, &self.args, &mut encoder);
+            self.shard.run_keyed(spec, self.db, &self.args, &mut encoder);
             self.slots.push(Slot::Staged(start, self.staged.len()));
         } else {
             let mut encoder = ReplyEncoder::new(&mut self.out, self.protocol);
-            self.shard
-                .run_keyed(spec, self.db, &self.args, &mut encoder);
+            self.shard.run_keyed(spec, self.db, &self.args, &mut encoder);
         }
     }
 
@@ -235,13 +233,8 @@ impl Connection {
             .filter(|(_, batch)| !batch.is_empty())
             .map(|(target, batch)| {
                 let commands = std::mem::take(batch);
-                let shard = &shard;
-                async move {
-                    (
-                        target,
-                        shard.send_batch(target, db, protocol, commands).await,
-                    )
-                }
+                let ticket = shard.submit(target, db, protocol, commands);
+                async move { (target, ticket.await) }
             })
             .collect::<Vec<_>>();
         let mut replies: Vec<Vec<Bytes>> = (0..self.shard.shards).map(|_| Vec::new()).collect();
@@ -253,8 +246,9 @@ impl Connection {
                 Slot::Staged(start, end) => self.out.extend_from_slice(&self.staged[start..end]),
                 Slot::Remote { shard, index } => match replies[shard].get(index) {
                     Some(reply) => self.out.extend_from_slice(reply),
-                    None => ReplyEncoder::new(&mut self.out, protocol)
-                        .error("ERR shard unavailable (node shutting down)"),
+                    None => {
+                        ReplyEncoder::new(&mut self.out, protocol).error("ERR shard unavailable (node shutting down)")
+                    }
                 },
             }
         }
@@ -272,9 +266,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let connected = node.connected_clients.fetch_add(1, Ordering::AcqRel) + 1;
     if connected > node.max_clients.load(Ordering::Relaxed) {
         node.rejected_connections.fetch_add(1, Ordering::Relaxed);
-        let _ = stream
-            .write_all(b"-ERR max number of clients reached\r\n")
-            .await;
+        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
         node.connected_clients.fetch_sub(1, Ordering::AcqRel);
         return;
     }

@@ -38,35 +38,325 @@ macro_rules! spec {
 }
 
 pub static SPECS: &[CommandSpec] = &[
-    spec!("ping", -1, ["fast", "stale"], 0, 0, 0, "connection", "1.0.0", "Returns the server's liveliness response."),
-    spec!("echo", 2, ["fast", "stale"], 0, 0, 0, "connection", "1.0.0", "Returns the given string."),
-    spec!("hello", -1, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "6.0.0", "Handshakes with the server."),
-    spec!("auth", -2, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "1.0.0", "Authenticates the connection."),
-    spec!("quit", -1, ["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "1.0.0", "Closes the connection."),
-    spec!("reset", 1, ["noscript", "loading", "stale", "fast", "no_auth"], 0, 0, 0, "connection", "6.2.0", "Resets the connection."),
-    spec!("select", 2, ["loading", "stale", "fast"], 0, 0, 0, "connection", "1.0.0", "Changes the selected database."),
-    spec!("client", -2, [], 0, 0, 0, "connection", "2.4.0", "A container for client connection commands."),
-    spec!("command", -1, ["loading", "stale"], 0, 0, 0, "server", "2.8.13", "Returns detailed information about all commands."),
-    spec!("config", -2, [], 0, 0, 0, "server", "2.0.0", "A container for server configuration commands."),
-    spec!("info", -1, ["loading", "stale"], 0, 0, 0, "server", "1.0.0", "Returns information and statistics about the server."),
-    spec!("dbsize", 1, ["readonly", "fast"], 0, 0, 0, "server", "1.0.0", "Returns the number of keys in the database."),
-    spec!("flushdb", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys from the current database."),
-    spec!("flushall", -1, ["write"], 0, 0, 0, "server", "1.0.0", "Removes all keys from all databases."),
-    spec!("time", 1, ["loading", "stale", "fast"], 0, 0, 0, "server", "2.6.0", "Returns the server time."),
-    spec!("shutdown", -1, ["admin", "noscript", "loading", "stale", "no_multi", "allow_busy"], 0, 0, 0, "server", "1.0.0", "Synchronously saves the database(s) to disk and shuts down the server."),
-    spec!("keys", 2, ["readonly"], 0, 0, 0, "generic", "1.0.0", "Returns all key names that match a pattern."),
-    spec!("scan", -2, ["readonly"], 0, 0, 0, "generic", "2.8.0", "Iterates over the key names in the database."),
-    spec!("randomkey", 1, ["readonly"], 0, 0, 0, "generic", "1.0.0", "Returns a random key name from the database."),
-    spec!("rename", 3, ["write"], 1, 2, 1, "generic", "1.0.0", "Renames a key and overwrites the destination."),
-    spec!("renamenx", 3, ["write", "fast"], 1, 2, 1, "generic", "1.0.0", "Renames a key only when the target key name doesn't exist."),
-    spec!("copy", -3, ["write", "denyoom"], 1, 2, 1, "generic", "6.2.0", "Copies the value of a key to a new key."),
-    spec!("del", -2, ["write"], 1, -1, 1, "generic", "1.0.0", "Deletes one or more keys."),
-    spec!("unlink", -2, ["write", "fast"], 1, -1, 1, "generic", "4.0.0", "Asynchronously deletes one or more keys."),
-    spec!("exists", -2, ["readonly", "fast"], 1, -1, 1, "generic", "1.0.0", "Determines whether one or more keys exist."),
-    spec!("touch", -2, ["readonly", "fast"], 1, -1, 1, "generic", "3.2.1", "Returns the number of existing keys out of those specified after updating the time they were last accessed."),
-    spec!("mget", -2, ["readonly", "fast"], 1, -1, 1, "string", "1.0.0", "Atomically returns the string values of one or more keys."),
-    spec!("mset", -3, ["write", "denyoom"], 1, -1, 2, "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys."),
-    spec!("msetnx", -3, ["write", "denyoom"], 1, -1, 2, "string", "1.0.1", "Atomically modifies the string values of one or more keys only when all keys don't exist."),
+    spec!(
+        "ping",
+        -1,
+        ["fast", "stale"],
+        0,
+        0,
+        0,
+        "connection",
+        "1.0.0",
+        "Returns the server's liveliness response."
+    ),
+    spec!(
+        "echo",
+        2,
+        ["fast", "stale"],
+        0,
+        0,
+        0,
+        "connection",
+        "1.0.0",
+        "Returns the given string."
+    ),
+    spec!(
+        "hello",
+        -1,
+        ["noscript", "loading", "stale", "fast", "no_auth"],
+        0,
+        0,
+        0,
+        "connection",
+        "6.0.0",
+        "Handshakes with the server."
+    ),
+    spec!(
+        "auth",
+        -2,
+        ["noscript", "loading", "stale", "fast", "no_auth"],
+        0,
+        0,
+        0,
+        "connection",
+        "1.0.0",
+        "Authenticates the connection."
+    ),
+    spec!(
+        "quit",
+        -1,
+        ["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"],
+        0,
+        0,
+        0,
+        "connection",
+        "1.0.0",
+        "Closes the connection."
+    ),
+    spec!(
+        "reset",
+        1,
+        ["noscript", "loading", "stale", "fast", "no_auth"],
+        0,
+        0,
+        0,
+        "connection",
+        "6.2.0",
+        "Resets the connection."
+    ),
+    spec!(
+        "select",
+        2,
+        ["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        "connection",
+        "1.0.0",
+        "Changes the selected database."
+    ),
+    spec!(
+        "client",
+        -2,
+        [],
+        0,
+        0,
+        0,
+        "connection",
+        "2.4.0",
+        "A container for client connection commands."
+    ),
+    spec!(
+        "command",
+        -1,
+        ["loading", "stale"],
+        0,
+        0,
+        0,
+        "server",
+        "2.8.13",
+        "Returns detailed information about all commands."
+    ),
+    spec!(
+        "config",
+        -2,
+        [],
+        0,
+        0,
+        0,
+        "server",
+        "2.0.0",
+        "A container for server configuration commands."
+    ),
+    spec!(
+        "info",
+        -1,
+        ["loading", "stale"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Returns information and statistics about the server."
+    ),
+    spec!(
+        "dbsize",
+        1,
+        ["readonly", "fast"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Returns the number of keys in the database."
+    ),
+    spec!(
+        "flushdb",
+        -1,
+        ["write"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Removes all keys from the current database."
+    ),
+    spec!(
+        "flushall",
+        -1,
+        ["write"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Removes all keys from all databases."
+    ),
+    spec!(
+        "time",
+        1,
+        ["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        "server",
+        "2.6.0",
+        "Returns the server time."
+    ),
+    spec!(
+        "shutdown",
+        -1,
+        ["admin", "noscript", "loading", "stale", "no_multi", "allow_busy"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Synchronously saves the database(s) to disk and shuts down the server."
+    ),
+    spec!(
+        "keys",
+        2,
+        ["readonly"],
+        0,
+        0,
+        0,
+        "generic",
+        "1.0.0",
+        "Returns all key names that match a pattern."
+    ),
+    spec!(
+        "scan",
+        -2,
+        ["readonly"],
+        0,
+        0,
+        0,
+        "generic",
+        "2.8.0",
+        "Iterates over the key names in the database."
+    ),
+    spec!(
+        "randomkey",
+        1,
+        ["readonly"],
+        0,
+        0,
+        0,
+        "generic",
+        "1.0.0",
+        "Returns a random key name from the database."
+    ),
+    spec!(
+        "rename",
+        3,
+        ["write"],
+        1,
+        2,
+        1,
+        "generic",
+        "1.0.0",
+        "Renames a key and overwrites the destination."
+    ),
+    spec!(
+        "renamenx",
+        3,
+        ["write", "fast"],
+        1,
+        2,
+        1,
+        "generic",
+        "1.0.0",
+        "Renames a key only when the target key name doesn't exist."
+    ),
+    spec!(
+        "copy",
+        -3,
+        ["write", "denyoom"],
+        1,
+        2,
+        1,
+        "generic",
+        "6.2.0",
+        "Copies the value of a key to a new key."
+    ),
+    spec!(
+        "del",
+        -2,
+        ["write"],
+        1,
+        -1,
+        1,
+        "generic",
+        "1.0.0",
+        "Deletes one or more keys."
+    ),
+    spec!(
+        "unlink",
+        -2,
+        ["write", "fast"],
+        1,
+        -1,
+        1,
+        "generic",
+        "4.0.0",
+        "Asynchronously deletes one or more keys."
+    ),
+    spec!(
+        "exists",
+        -2,
+        ["readonly", "fast"],
+        1,
+        -1,
+        1,
+        "generic",
+        "1.0.0",
+        "Determines whether one or more keys exist."
+    ),
+    spec!(
+        "touch",
+        -2,
+        ["readonly", "fast"],
+        1,
+        -1,
+        1,
+        "generic",
+        "3.2.1",
+        "Returns the number of existing keys out of those specified after updating the time they were last accessed."
+    ),
+    spec!(
+        "mget",
+        -2,
+        ["readonly", "fast"],
+        1,
+        -1,
+        1,
+        "string",
+        "1.0.0",
+        "Atomically returns the string values of one or more keys."
+    ),
+    spec!(
+        "mset",
+        -3,
+        ["write", "denyoom"],
+        1,
+        -1,
+        2,
+        "string",
+        "1.0.1",
+        "Atomically creates or modifies the string values of one or more keys."
+    ),
+    spec!(
+        "msetnx",
+        -3,
+        ["write", "denyoom"],
+        1,
+        -1,
+        2,
+        "string",
+        "1.0.1",
+        "Atomically modifies the string values of one or more keys only when all keys don't exist."
+    ),
 ];
 
 const SYNTAX_ERROR: &str = "ERR syntax error";
@@ -83,8 +373,7 @@ const CLIENT_SUBCOMMANDS: &[(&str, i32)] = &[
     ("kill", -3),
     ("help", 2),
 ];
-const CONFIG_SUBCOMMANDS: &[(&str, i32)] =
-    &[("get", -3), ("set", -4), ("resetstat", 2), ("help", 2)];
+const CONFIG_SUBCOMMANDS: &[(&str, i32)] = &[("get", -3), ("set", -4), ("resetstat", 2), ("help", 2)];
 const COMMAND_SUBCOMMANDS: &[(&str, i32)] = &[
     ("count", 2),
     ("list", -2),
@@ -96,12 +385,7 @@ const COMMAND_SUBCOMMANDS: &[(&str, i32)] = &[
 
 /// Checks a container command's subcommand and its arity, replying Redis's error if either is
 /// wrong. Returns the lower-case subcommand name when the command may run.
-fn subcommand(
-    conn: &mut Connection,
-    args: &[Bytes],
-    container: &str,
-    table: &[(&str, i32)],
-) -> Option<String> {
+fn subcommand(conn: &mut Connection, args: &[Bytes], container: &str, table: &[(&str, i32)]) -> Option<String> {
     let name = lower(&args[1]);
     let Some(&(_, arity)) = table.iter().find(|(n, _)| *n == name) else {
         conn.encoder().error(&format!(
@@ -133,10 +417,7 @@ fn lower(arg: &[u8]) -> String {
 pub async fn run(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
     let started = std::time::Instant::now();
     let flow = dispatch(conn, spec).await;
-    conn.shard
-        .commands
-        .borrow_mut()
-        .record(spec, started.elapsed());
+    conn.shard.commands.borrow_mut().record(spec, started.elapsed());
     flow
 }
 
@@ -176,9 +457,7 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             match args.len() {
                 1 => conn.encoder().simple("PONG"),
                 2 => conn.encoder().bulk(&args[1]),
-                _ => conn
-                    .encoder()
-                    .error("ERR wrong number of arguments for 'ping' command"),
+                _ => conn.encoder().error("ERR wrong number of arguments for 'ping' command"),
             }
             Flow::Continue
         }
@@ -186,7 +465,7 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             conn.encoder().bulk(&args[1]);
             Flow::Continue
         }
-        "hello" => hello(conn, &args),
+        "hello" => hello(conn, args),
         "auth" => {
             auth(conn, &args[1..]);
             Flow::Continue
@@ -221,13 +500,13 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             }
             Flow::Continue
         }
-        "client" => client(conn, &args).await,
+        "client" => client(conn, args).await,
         "command" => {
-            command(conn, &args);
+            command(conn, args);
             Flow::Continue
         }
         "config" => {
-            config(conn, &args).await;
+            config(conn, args).await;
             Flow::Continue
         }
         "info" => {
@@ -246,9 +525,7 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             Flow::Continue
         }
         "flushdb" | "flushall" => {
-            if args.len() > 2
-                || (args.len() == 2 && !matches!(lower(&args[1]).as_str(), "async" | "sync"))
-            {
+            if args.len() > 2 || (args.len() == 2 && !matches!(lower(&args[1]).as_str(), "async" | "sync")) {
                 conn.encoder().error(SYNTAX_ERROR);
                 return Flow::Continue;
             }
@@ -272,7 +549,7 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             enc.bulk(now.subsec_micros().to_string().as_bytes());
             Flow::Continue
         }
-        "shutdown" => shutdown(conn, &args),
+        "shutdown" => shutdown(conn, args),
         "keys" => {
             let db = conn.db;
             let pattern = args[1].clone();
@@ -298,7 +575,7 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             Flow::Continue
         }
         "scan" => {
-            scan(conn, &args).await;
+            scan(conn, args).await;
             Flow::Continue
         }
         "randomkey" => {
@@ -306,11 +583,11 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             Flow::Continue
         }
         "rename" | "renamenx" => {
-            rename(conn, &args, spec.name == "renamenx").await;
+            rename(conn, args, spec.name == "renamenx").await;
             Flow::Continue
         }
         "copy" => {
-            copy(conn, &args).await;
+            copy(conn, args).await;
             Flow::Continue
         }
         "del" | "unlink" | "exists" | "touch" => {
@@ -334,7 +611,7 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             Flow::Continue
         }
         "mset" | "msetnx" => {
-            mset(conn, &args, spec.name == "msetnx").await;
+            mset(conn, args, spec.name == "msetnx").await;
             Flow::Continue
         }
         other => unreachable!("coordinated command {other} has no implementation"),
@@ -360,8 +637,7 @@ async fn fan_out(
     make: impl Fn(Vec<Bytes>) -> ShardCall,
 ) -> Vec<(Vec<usize>, CallReply)> {
     let shards = conn.shard.shards;
-    let mut groups: Vec<(Vec<usize>, Vec<Bytes>)> =
-        (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut groups: Vec<(Vec<usize>, Vec<Bytes>)> = (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     for (index, group) in args.chunks(stride).enumerate() {
         let owner = key_shard(&group[0], shards as u32) as usize;
         groups[owner].0.push(index);
@@ -402,9 +678,8 @@ async fn mget(conn: &mut Connection, keys: &[Bytes]) {
 async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
     if !(args.len() - 1).is_multiple_of(2) {
         let name = if only_if_none_exist { "msetnx" } else { "mset" };
-        conn.encoder().error(&format!(
-            "ERR wrong number of arguments for '{name}' command"
-        ));
+        conn.encoder()
+            .error(&format!("ERR wrong number of arguments for '{name}' command"));
         return;
     }
     let db = conn.db;
@@ -423,10 +698,7 @@ async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
     }
     let replies = fan_out(conn, &args[1..], 2, |items| ShardCall::MSet {
         db,
-        pairs: items
-            .chunks(2)
-            .map(|pair| (pair[0].clone(), pair[1].clone()))
-            .collect(),
+        pairs: items.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect(),
     })
     .await;
     let failure = replies.into_iter().find_map(|(_, r)| match r {
@@ -442,17 +714,7 @@ async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
 
 async fn read_entry(conn: &Connection, db: usize, key: &Bytes) -> Option<(Bytes, Option<u64>)> {
     let owner = key_shard(key, conn.shard.shards as u32) as usize;
-    match conn
-        .shard
-        .call(
-            owner,
-            ShardCall::Read {
-                db,
-                key: key.clone(),
-            },
-        )
-        .await
-    {
+    match conn.shard.call(owner, ShardCall::Read { db, key: key.clone() }).await {
         CallReply::Entry(entry) => entry,
         _ => None,
     }
@@ -534,9 +796,7 @@ async fn copy(conn: &mut Connection, args: &[Bytes]) {
             "db" if i + 1 < args.len() => {
                 i += 1;
                 match parse_i64(&args[i]) {
-                    Some(db)
-                        if db >= 0 && (db as u64) < conn.shard.node.config.databases as u64 =>
-                    {
+                    Some(db) if db >= 0 && (db as u64) < conn.shard.node.config.databases as u64 => {
                         target_db = db as usize
                     }
                     Some(_) => {
@@ -558,8 +818,7 @@ async fn copy(conn: &mut Connection, args: &[Bytes]) {
     }
     let (source, target) = (&args[1], &args[2]);
     if source == target && target_db == conn.db {
-        conn.encoder()
-            .error("ERR source and destination objects are the same");
+        conn.encoder().error("ERR source and destination objects are the same");
         return;
     }
     let Some((value, expire_at)) = read_entry(conn, conn.db, source).await else {
@@ -575,10 +834,7 @@ async fn copy(conn: &mut Connection, args: &[Bytes]) {
 /// SCAN over every shard: the cursor's low bits name the shard, the rest is that shard's own
 /// reverse-binary cursor, so the scan walks shard 0 completely, then shard 1, and so on.
 async fn scan(conn: &mut Connection, args: &[Bytes]) {
-    let Some(cursor) = std::str::from_utf8(&args[1])
-        .ok()
-        .and_then(|t| t.parse::<u64>().ok())
-    else {
+    let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|t| t.parse::<u64>().ok()) else {
         conn.encoder().error("ERR invalid cursor");
         return;
     };
@@ -676,14 +932,8 @@ async fn random_key(conn: &mut Connection) {
     let first = (seed % shards as u64) as usize;
     for step in 0..shards {
         let target = (first + step) % shards;
-        let seed = seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(step as u64);
-        if let CallReply::Key(Some(key)) = conn
-            .shard
-            .call(target, ShardCall::RandomKey { db, seed })
-            .await
-        {
+        let seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step as u64);
+        if let CallReply::Key(Some(key)) = conn.shard.call(target, ShardCall::RandomKey { db, seed }).await {
             conn.encoder().bulk(&key);
             return;
         }
@@ -722,9 +972,8 @@ fn hello(conn: &mut Connection, args: &[Bytes]) -> Flow {
             i += 3;
         } else if option == "setname" && i + 1 < args.len() {
             if !valid_client_name(&args[i + 1]) {
-                conn.encoder().error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
+                conn.encoder()
+                    .error("ERR Client names cannot contain spaces, newlines or special characters.");
                 return Flow::Continue;
             }
             name = Some(String::from_utf8_lossy(&args[i + 1]).into_owned());
@@ -807,9 +1056,8 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
         }
         ("setname", 3) => {
             if !valid_client_name(&args[2]) {
-                conn.encoder().error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
+                conn.encoder()
+                    .error("ERR Client names cannot contain spaces, newlines or special characters.");
             } else {
                 conn.info.borrow_mut().name = String::from_utf8_lossy(&args[2]).into_owned();
                 conn.encoder().ok();
@@ -904,9 +1152,7 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                 };
                 let killed = count_all(
                     conn.shard
-                        .call_all(|_| ShardCall::ClientKill {
-                            filter: filter.clone(),
-                        })
+                        .call_all(|_| ShardCall::ClientKill { filter: filter.clone() })
                         .await,
                 );
                 if killed == 0 {
@@ -935,8 +1181,7 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                     "id" => match parse_i64(&args[i + 1]) {
                         Some(id) if id > 0 => filter.id = Some(id as u64),
                         _ => {
-                            conn.encoder()
-                                .error("ERR client-id should be greater than 0");
+                            conn.encoder().error("ERR client-id should be greater than 0");
                             return Flow::Continue;
                         }
                     },
@@ -959,9 +1204,7 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
             }
             let killed = count_all(
                 conn.shard
-                    .call_all(|_| ShardCall::ClientKill {
-                        filter: filter.clone(),
-                    })
+                    .call_all(|_| ShardCall::ClientKill { filter: filter.clone() })
                     .await,
             );
             conn.encoder().integer(killed);
@@ -1057,10 +1300,7 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
             let specs: Vec<_> = if args.len() == 2 {
                 commands::all().collect()
             } else {
-                args[2..]
-                    .iter()
-                    .filter_map(|n| commands::lookup(n))
-                    .collect()
+                args[2..].iter().filter_map(|n| commands::lookup(n)).collect()
             };
             let mut enc = conn.encoder();
             enc.map_len(specs.len());
@@ -1243,13 +1483,11 @@ async fn config(conn: &mut Connection, args: &[Bytes]) {
 }
 
 fn apply_setting(settings: &mut Settings, name: &str, value: &str) -> Result<(), String> {
-    let invalid = |reason: &str| {
-        format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {reason}")
-    };
+    let invalid = |reason: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {reason}");
     match name {
         "maxmemory" => {
-            settings.maxmemory_bytes = crate::config::parse_size(value)
-                .map_err(|_| invalid("argument must be a memory value"))?;
+            settings.maxmemory_bytes =
+                crate::config::parse_size(value).map_err(|_| invalid("argument must be a memory value"))?;
         }
         "maxmemory-policy" => {
             settings.maxmemory_policy =
@@ -1269,9 +1507,7 @@ fn apply_setting(settings: &mut Settings, name: &str, value: &str) -> Result<(),
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| invalid("argument must be between 1 and 4294967295 inclusive"))?;
         }
-        "databases" | "port" | "bind" | "dir" | "shards" => {
-            return Err(invalid("can't set immutable config"))
-        }
+        "databases" | "port" | "bind" | "dir" | "shards" => return Err(invalid("can't set immutable config")),
         _ => {
             return Err(format!(
                 "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"

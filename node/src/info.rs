@@ -84,13 +84,7 @@ pub async fn render(conn: &Connection, args: &[Bytes]) -> String {
     text
 }
 
-fn section_text(
-    out: &mut String,
-    section: &str,
-    node: &NodeShared,
-    settings: &Settings,
-    reports: &[ShardReport],
-) {
+fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &Settings, reports: &[ShardReport]) {
     let uptime = node.started.elapsed().as_secs();
     // Section headers ("# Server") stand alone; every other line is "key:value".
     let mut line = |key: &str, value: &dyn std::fmt::Display| {
@@ -126,10 +120,7 @@ fn section_text(
         }
         "clients" => {
             line("# Clients", &"");
-            line(
-                "connected_clients",
-                &node.connected_clients.load(Ordering::Relaxed),
-            );
+            line("connected_clients", &node.connected_clients.load(Ordering::Relaxed));
             line("maxclients", &settings.max_clients);
             line("blocked_clients", &0);
         }
@@ -162,17 +153,9 @@ fn section_text(
             line("maxmemory_human", &human_bytes(settings.maxmemory_bytes));
             line("maxmemory_policy", &policy_name(settings.maxmemory_policy));
             // Slab fragmentation: page bytes not holding an item, relative to those that do.
-            let slab_ratio = if chunks > 0 {
-                pages as f64 / chunks as f64
-            } else {
-                1.0
-            };
+            let slab_ratio = if chunks > 0 { pages as f64 / chunks as f64 } else { 1.0 };
             line("slab_fragmentation_ratio", &format!("{slab_ratio:.2}"));
-            let rss_ratio = if used > 0 {
-                rss as f64 / used as f64
-            } else {
-                1.0
-            };
+            let rss_ratio = if used > 0 { rss as f64 / used as f64 } else { 1.0 };
             line("mem_fragmentation_ratio", &format!("{rss_ratio:.2}"));
             line("mem_allocator", &"corekv-slab");
         }
@@ -187,16 +170,15 @@ fn section_text(
         }
         "stats" => {
             let calls: u64 = reports.iter().map(|r| r.commands.total_calls()).sum();
-            let keyspace =
-                reports
-                    .iter()
-                    .fold(corekv_engine::KeyspaceStats::default(), |mut acc, r| {
-                        acc.expired_keys += r.keyspace.expired_keys;
-                        acc.evicted_keys += r.keyspace.evicted_keys;
-                        acc.keyspace_hits += r.keyspace.keyspace_hits;
-                        acc.keyspace_misses += r.keyspace.keyspace_misses;
-                        acc
-                    });
+            let keyspace = reports
+                .iter()
+                .fold(corekv_engine::KeyspaceStats::default(), |mut acc, r| {
+                    acc.expired_keys += r.keyspace.expired_keys;
+                    acc.evicted_keys += r.keyspace.evicted_keys;
+                    acc.keyspace_hits += r.keyspace.keyspace_hits;
+                    acc.keyspace_misses += r.keyspace.keyspace_misses;
+                    acc
+                });
             line("# Stats", &"");
             line(
                 "total_connections_received",
@@ -256,10 +238,7 @@ fn section_text(
                     .filter_map(|r| r.databases.get(db))
                     .fold((0, 0), |(k, e), (keys, expires)| (k + keys, e + expires));
                 if keys > 0 {
-                    line(
-                        &format!("db{db}"),
-                        &format!("keys={keys},expires={expires},avg_ttl=0"),
-                    );
+                    line(&format!("db{db}"), &format!("keys={keys},expires={expires},avg_ttl=0"));
                 }
             }
         }
@@ -277,22 +256,10 @@ pub fn config_values(node: &NodeShared, settings: &Settings) -> Vec<(String, Str
         ("dir".into(), c.data_dir.display().to_string()),
         ("maxclients".into(), settings.max_clients.to_string()),
         ("maxmemory".into(), settings.maxmemory_bytes.to_string()),
-        (
-            "maxmemory-policy".into(),
-            policy_name(settings.maxmemory_policy).into(),
-        ),
-        (
-            "maxmemory-samples".into(),
-            settings.maxmemory_samples.to_string(),
-        ),
-        (
-            "proto-max-bulk-len".into(),
-            (512u64 * 1024 * 1024).to_string(),
-        ),
-        (
-            "client-query-buffer-limit".into(),
-            (1024u64 * 1024 * 1024).to_string(),
-        ),
+        ("maxmemory-policy".into(), policy_name(settings.maxmemory_policy).into()),
+        ("maxmemory-samples".into(), settings.maxmemory_samples.to_string()),
+        ("proto-max-bulk-len".into(), (512u64 * 1024 * 1024).to_string()),
+        ("client-query-buffer-limit".into(), (1024u64 * 1024 * 1024).to_string()),
         ("hz".into(), "10".into()),
         ("save".into(), String::new()),
         ("appendonly".into(), "no".into()),

@@ -23,7 +23,7 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::config::Config;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::{ReplyBatch, Shard, ShardMsg};
 
 /// Capacity of each cross-shard channel (messages, each a batch of up to 1024 commands).
 const MESH_CHANNEL_CAPACITY: usize = 256;
@@ -34,15 +34,9 @@ const EXPIRE_BUDGET: Duration = Duration::from_millis(25);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot use data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start shard {shard}: {message} (io_uring needs kernel >= 5.8, enough locked memory (ulimit -l) and must not be blocked by seccomp)")]
     Executor { shard: usize, message: String },
     #[error("cannot set up signal handling: {0}")]
@@ -77,15 +71,11 @@ pub struct NodeShared {
 
 impl NodeShared {
     pub fn settings(&self) -> Settings {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn store_settings(&self, settings: &Settings) {
-        self.max_clients
-            .store(settings.max_clients, Ordering::Relaxed);
+        self.max_clients.store(settings.max_clients, Ordering::Relaxed);
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
     }
 
@@ -139,21 +129,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = config.pin && config.shards <= cores;
     let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
+    let reply_mesh = MeshBuilder::<ReplyBatch, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(config.shards);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let placement = if pin {
-            Placement::Fixed(id)
-        } else {
-            Placement::Unbound
-        };
+        let placement = if pin { Placement::Fixed(id) } else { Placement::Unbound };
         let node = node.clone();
         let mesh = mesh.clone();
+        let reply_mesh = reply_mesh.clone();
         let ready = ready_tx.clone();
         let listener_fd = listener.into_raw_fd();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
-            .spawn(move || shard_main(id, node, mesh, listener_fd, ready));
+            .spawn(move || shard_main(id, node, mesh, reply_mesh, listener_fd, ready));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -232,8 +220,7 @@ fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartE
     let listen_error = |source| StartError::Listen { addr, source };
     let mut sockets = Vec::with_capacity(config.shards);
     for _ in 0..config.shards {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(listen_error)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(listen_error)?;
         socket.set_reuse_address(true).map_err(listen_error)?;
         socket.set_reuse_port(true).map_err(listen_error)?;
         socket.set_nonblocking(true).map_err(listen_error)?;
@@ -263,15 +250,21 @@ async fn shard_main(
     id: usize,
     node: Arc<NodeShared>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    reply_mesh: MeshBuilder<ReplyBatch, glommio::channels::channel_mesh::Full>,
     listener_fd: RawFd,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
         Ok(ends) => ends,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "shard {id} could not join the channel mesh: {e}"
-            )));
+            let _ = ready.send(Err(format!("shard {id} could not join the channel mesh: {e}")));
+            return;
+        }
+    };
+    let (reply_senders, mut reply_receivers) = match reply_mesh.join().await {
+        Ok(ends) => ends,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} could not join the reply mesh: {e}")));
             return;
         }
     };
@@ -282,20 +275,28 @@ async fn shard_main(
         policy: settings.maxmemory_policy,
         eviction_samples: settings.maxmemory_samples,
     });
-    let shard = Rc::new(Shard::new(id, node.clone(), keyspace, senders));
+    let shard = Rc::new(Shard::new(id, node.clone(), keyspace, senders, reply_senders));
 
     for (_peer, receiver) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = receiver.recv().await {
-                shard.handle_msg(msg);
+                shard.handle_msg(msg).await;
+            }
+        })
+        .detach();
+    }
+    for (_peer, receiver) in reply_receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = receiver.recv().await {
+                shard.complete(batch);
             }
         })
         .detach();
     }
 
-    let background =
-        glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "expiry");
+    let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "expiry");
     let expiry_shard = shard.clone();
     let expiry = glommio::spawn_local_into(
         async move {

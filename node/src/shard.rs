@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use corekv_engine::{
-    glob::glob_match, EngineError, EvictionPolicy, Expiry, Keyspace, KeyspaceStats, MemoryStats,
-};
+use corekv_engine::{glob::glob_match, EngineError, EvictionPolicy, Expiry, Keyspace, KeyspaceStats, MemoryStats};
 use corekv_net::resp::{Protocol, ReplyEncoder};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
@@ -25,12 +23,67 @@ use crate::commands::{CommandSpec, ExecCtx, Handler};
 use crate::node::NodeShared;
 use crate::stats::CommandStats;
 
-/// Keyed commands sent to their owner shard, replies encoded in `protocol`, one per command.
-pub struct RemoteBatch {
+/// One connection's keyed commands for their owner shard, run there in order; the replies are
+/// encoded in `protocol` and come back under `ticket`.
+pub struct RemoteGroup {
+    pub ticket: usize,
     pub db: usize,
     pub protocol: Protocol,
     pub commands: Vec<(&'static CommandSpec, Vec<Bytes>)>,
-    pub reply: oneshot::Sender<Vec<Bytes>>,
+}
+
+/// The replies to the groups of one [`ShardMsg::Batch`], sent back on the reply mesh.
+pub struct ReplyBatch {
+    pub groups: Vec<(usize, Vec<Bytes>)>,
+}
+
+/// A group's replies, as its connection waits for them.
+enum PendingReply {
+    Waiting(Option<std::task::Waker>),
+    Ready(Vec<Bytes>),
+}
+
+/// Resolves to the replies of one submitted [`RemoteGroup`].
+pub struct ReplyTicket<'a> {
+    shard: &'a Shard,
+    ticket: usize,
+    /// Set once the replies were taken: the slot may already belong to another ticket then.
+    taken: bool,
+}
+
+impl std::future::Future for ReplyTicket<'_> {
+    type Output = Vec<Bytes>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<Bytes>> {
+        let this = &mut *self;
+        let mut pending = this.shard.pending.borrow_mut();
+        let Some(state) = pending.get_mut(this.ticket) else {
+            return std::task::Poll::Ready(Vec::new());
+        };
+        match state {
+            PendingReply::Ready(_) => {
+                let PendingReply::Ready(replies) = pending.remove(this.ticket) else {
+                    unreachable!("state checked above");
+                };
+                this.taken = true;
+                std::task::Poll::Ready(replies)
+            }
+            PendingReply::Waiting(waker) => {
+                *waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for ReplyTicket<'_> {
+    fn drop(&mut self) {
+        // A ticket dropped before its replies arrived must not leave its slot behind.
+        let mut pending = self.shard.pending.borrow_mut();
+        if !self.taken && pending.contains(self.ticket) {
+            pending.remove(self.ticket);
+        }
+    }
 }
 
 /// Work that multi-key and keyspace-wide commands ask of a shard.
@@ -120,7 +173,11 @@ pub enum CallReply {
 }
 
 pub enum ShardMsg {
-    Batch(RemoteBatch),
+    /// Keyed commands of one or more connections of shard `origin`, gathered in one message.
+    Batch {
+        origin: usize,
+        groups: Vec<RemoteGroup>,
+    },
     Call(ShardCall, oneshot::Sender<CallReply>),
     /// Asks the sequencer (on shard 0) for the node-wide multi-key write turn.
     SequencerAcquire(oneshot::Sender<()>),
@@ -191,6 +248,12 @@ pub struct Shard {
     pub keyspace: RefCell<Keyspace>,
     scratch: RefCell<Vec<u8>>,
     senders: Senders<ShardMsg>,
+    reply_senders: Senders<ReplyBatch>,
+    /// Keyed commands waiting to go to each shard; sent by one flush task per executor turn, so
+    /// many connections' commands share one message and one wake-up of the owner.
+    outbox: RefCell<Vec<Vec<RemoteGroup>>>,
+    flush_scheduled: std::cell::Cell<bool>,
+    pending: RefCell<slab::Slab<PendingReply>>,
     pub clients: RefCell<slab::Slab<ClientSlot>>,
     pub commands: RefCell<CommandStats>,
     pub expire_cycle_timeouts: std::cell::Cell<u64>,
@@ -203,6 +266,7 @@ impl Shard {
         node: Arc<NodeShared>,
         keyspace: Keyspace,
         senders: Senders<ShardMsg>,
+        reply_senders: Senders<ReplyBatch>,
     ) -> Self {
         let shards = node.config.shards;
         Shard {
@@ -212,6 +276,10 @@ impl Shard {
             keyspace: RefCell::new(keyspace),
             scratch: RefCell::new(Vec::new()),
             senders,
+            reply_senders,
+            outbox: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
+            flush_scheduled: std::cell::Cell::new(false),
+            pending: RefCell::new(slab::Slab::new()),
             clients: RefCell::new(slab::Slab::new()),
             commands: RefCell::new(CommandStats::default()),
             expire_cycle_timeouts: std::cell::Cell::new(0),
@@ -220,13 +288,7 @@ impl Shard {
     }
 
     /// Runs a keyed command on this shard, encoding its reply into `out`.
-    pub fn run_keyed(
-        &self,
-        spec: &'static CommandSpec,
-        db: usize,
-        args: &[Bytes],
-        out: &mut ReplyEncoder<'_>,
-    ) {
+    pub fn run_keyed(&self, spec: &'static CommandSpec, db: usize, args: &[Bytes], out: &mut ReplyEncoder<'_>) {
         let Handler::Keyed(run) = spec.handler else {
             unreachable!("run_keyed called for coordinated command {}", spec.name);
         };
@@ -243,26 +305,75 @@ impl Shard {
         self.commands.borrow_mut().record(spec, started.elapsed());
     }
 
-    /// Sends a batch of keyed commands to `target` (another shard) and returns its replies.
-    pub async fn send_batch(
-        &self,
+    /// Queues keyed commands for `target` (another shard) and returns a future of their replies.
+    /// The commands leave with those of every other connection of this shard in the same turn.
+    pub fn submit(
+        self: &Rc<Self>,
         target: usize,
         db: usize,
         protocol: Protocol,
         commands: Vec<(&'static CommandSpec, Vec<Bytes>)>,
-    ) -> Vec<Bytes> {
+    ) -> ReplyTicket<'_> {
         debug_assert_ne!(target, self.id);
-        let (reply, receiver) = oneshot::channel();
-        let msg = ShardMsg::Batch(RemoteBatch {
+        let ticket = self.pending.borrow_mut().insert(PendingReply::Waiting(None));
+        self.outbox.borrow_mut()[target].push(RemoteGroup {
+            ticket,
             db,
             protocol,
             commands,
-            reply,
         });
-        if self.senders.send_to(target, msg).await.is_err() {
-            return Vec::new();
+        if !self.flush_scheduled.replace(true) {
+            // Spawned behind the tasks already runnable, so their commands join this flush.
+            let shard = self.clone();
+            glommio::spawn_local(async move { shard.flush_outbox().await }).detach();
         }
-        receiver.await.unwrap_or_default()
+        ReplyTicket {
+            shard: self,
+            ticket,
+            taken: false,
+        }
+    }
+
+    async fn flush_outbox(&self) {
+        self.flush_scheduled.set(false);
+        let batches: Vec<(usize, Vec<RemoteGroup>)> = self
+            .outbox
+            .borrow_mut()
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, groups)| !groups.is_empty())
+            .map(|(target, groups)| (target, std::mem::take(groups)))
+            .collect();
+        for (target, groups) in batches {
+            let msg = ShardMsg::Batch {
+                origin: self.id,
+                groups,
+            };
+            if let Err(e) = self.senders.send_to(target, msg).await {
+                // Only when the node is stopping: fail the waiting commands instead of hanging.
+                tracing::warn!("shard {}: cannot reach shard {target}: {e}", self.id);
+                if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(ShardMsg::Batch {
+                    groups, ..
+                })) = e
+                {
+                    self.complete(ReplyBatch {
+                        groups: groups.into_iter().map(|g| (g.ticket, Vec::new())).collect(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Hands replies that came back from another shard to the connections waiting for them.
+    pub fn complete(&self, batch: ReplyBatch) {
+        let mut pending = self.pending.borrow_mut();
+        for (ticket, replies) in batch.groups {
+            if let Some(state) = pending.get_mut(ticket) {
+                if let PendingReply::Waiting(Some(waker)) = std::mem::replace(state, PendingReply::Ready(replies)) {
+                    waker.wake();
+                }
+            }
+        }
     }
 
     /// Runs `call` on shard `target` (here when it is this shard).
@@ -271,12 +382,7 @@ impl Shard {
             return self.handle_call(call);
         }
         let (reply, receiver) = oneshot::channel();
-        if self
-            .senders
-            .send_to(target, ShardMsg::Call(call, reply))
-            .await
-            .is_err()
-        {
+        if self.senders.send_to(target, ShardMsg::Call(call, reply)).await.is_err() {
             return CallReply::Done;
         }
         receiver.await.unwrap_or(CallReply::Done)
@@ -313,20 +419,26 @@ impl Shard {
     }
 
     /// Serves one message from another shard.
-    pub fn handle_msg(&self, msg: ShardMsg) {
+    pub async fn handle_msg(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::SequencerAcquire(grant) => self.sequencer.acquire(grant),
             ShardMsg::SequencerRelease => self.sequencer.release(),
-            ShardMsg::Batch(batch) => {
-                let mut out = BytesMut::with_capacity(64 * batch.commands.len());
-                let mut replies = Vec::with_capacity(batch.commands.len());
-                for (spec, args) in &batch.commands {
-                    let mut encoder = ReplyEncoder::new(&mut out, batch.protocol);
-                    self.run_keyed(spec, batch.db, args, &mut encoder);
-                    replies.push(out.split().freeze());
+            ShardMsg::Batch { origin, groups } => {
+                let commands: usize = groups.iter().map(|g| g.commands.len()).sum();
+                let mut out = BytesMut::with_capacity(64 * commands);
+                let mut replies = Vec::with_capacity(groups.len());
+                for group in groups {
+                    let mut encoded = Vec::with_capacity(group.commands.len());
+                    for (spec, args) in &group.commands {
+                        let mut encoder = ReplyEncoder::new(&mut out, group.protocol);
+                        self.run_keyed(spec, group.db, args, &mut encoder);
+                        encoded.push(out.split().freeze());
+                    }
+                    replies.push((group.ticket, encoded));
                 }
-                // The requester may have gone (its connection closed): nothing to do then.
-                let _ = batch.reply.send(replies);
+                // Replies travel on their own mesh, whose receivers never wait on anything, so
+                // two shards sending each other requests and replies cannot block each other.
+                let _ = self.reply_senders.send_to(origin, ReplyBatch { groups: replies }).await;
             }
             ShardMsg::Call(call, reply) => {
                 let _ = reply.send(self.handle_call(call));
@@ -363,9 +475,7 @@ impl Shard {
             ShardCall::Read { db, key } => {
                 let expire = ks.info(db, &key, now).map(|i| i.expire_at_ms);
                 CallReply::Entry(match expire {
-                    Some(expire_at) => ks
-                        .peek(db, &key, now)
-                        .map(|v| (Bytes::copy_from_slice(v), expire_at)),
+                    Some(expire_at) => ks.peek(db, &key, now).map(|v| (Bytes::copy_from_slice(v), expire_at)),
                     None => None,
                 })
             }
@@ -399,9 +509,7 @@ impl Shard {
                 type_filter,
             } => {
                 let mut keys = Vec::new();
-                let string_type = type_filter
-                    .as_deref()
-                    .is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
+                let string_type = type_filter.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
                 let next_cursor = ks.scan(db, cursor, count, now, &mut |key| {
                     if string_type && pattern.as_deref().is_none_or(|p| glob_match(p, key, false)) {
                         keys.push(Bytes::copy_from_slice(key));

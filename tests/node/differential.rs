@@ -86,9 +86,7 @@ const BAD_TTLS: &[&str] = &["0", "-1", "abc", "9223372036854775807", ""];
 const INDICES: &[&str] = &["0", "1", "3", "-1", "-3", "100", "-100", "abc"];
 const OFFSETS: &[&str] = &["0", "1", "5", "20", "-1", "abc", "536870912"];
 const DBS: &[&str] = &["0", "1", "2", "3", "16", "-1", "abc"];
-const PATTERNS: &[&str] = &[
-    "*", "k*", "f?", "k[0-3]", "*1*", "user:*", "nomatch", "*{a}*",
-];
+const PATTERNS: &[&str] = &["*", "k*", "f?", "k[0-3]", "*1*", "user:*", "nomatch", "*{a}*"];
 
 struct Gen {
     rng: StdRng,
@@ -205,8 +203,7 @@ impl Gen {
                 let v = if self.rng.gen_bool(0.6) {
                     format!("{}000", self.pick(TTLS))
                 } else {
-                    self.pick(&["0", "-5", "x", "9223372036854775807"])
-                        .to_string()
+                    self.pick(&["0", "-5", "x", "9223372036854775807"]).to_string()
                 };
                 ("PEXPIRE", v, false)
             }
@@ -321,17 +318,8 @@ impl Gen {
             390..=409 => vec![s("APPEND"), self.main_key(), s(self.pick(VALUES))],
             410..=419 => vec![s("STRLEN"), self.key()],
             420..=434 => {
-                let name = if self.rng.gen_bool(0.8) {
-                    "GETRANGE"
-                } else {
-                    "SUBSTR"
-                };
-                vec![
-                    s(name),
-                    self.key(),
-                    s(self.pick(INDICES)),
-                    s(self.pick(INDICES)),
-                ]
+                let name = if self.rng.gen_bool(0.8) { "GETRANGE" } else { "SUBSTR" };
+                vec![s(name), self.key(), s(self.pick(INDICES)), s(self.pick(INDICES))]
             }
             435..=449 => vec![
                 s("SETRANGE"),
@@ -377,11 +365,7 @@ impl Gen {
                 vec![s("INCRBYFLOAT"), self.float_key(), by]
             }
             550..=579 => {
-                let name = if self.rng.gen_bool(0.5) {
-                    "DEL"
-                } else {
-                    "UNLINK"
-                };
+                let name = if self.rng.gen_bool(0.5) { "DEL" } else { "UNLINK" };
                 let mut c = vec![s(name)];
                 for _ in 0..self.rng.gen_range(1..4) {
                     c.push(self.key());
@@ -389,11 +373,7 @@ impl Gen {
                 c
             }
             580..=604 => {
-                let name = if self.rng.gen_bool(0.7) {
-                    "EXISTS"
-                } else {
-                    "TOUCH"
-                };
+                let name = if self.rng.gen_bool(0.7) { "EXISTS" } else { "TOUCH" };
                 let mut c = vec![s(name)];
                 for _ in 0..self.rng.gen_range(1..5) {
                     c.push(self.key());
@@ -410,11 +390,7 @@ impl Gen {
             735..=744 => vec![s("KEYS"), s(self.pick(PATTERNS))],
             745..=769 => {
                 let (a, b) = self.key_pair();
-                let name = if self.rng.gen_bool(0.6) {
-                    "RENAME"
-                } else {
-                    "RENAMENX"
-                };
+                let name = if self.rng.gen_bool(0.6) { "RENAME" } else { "RENAMENX" };
                 vec![s(name), a, b]
             }
             770..=794 => {
@@ -472,9 +448,7 @@ fn same(cmd: &[String], a: &R, b: &R) -> bool {
     let name = cmd[0].to_ascii_uppercase();
     match (name.as_str(), a, b) {
         ("TTL" | "EXPIRETIME", R::Int(x), R::Int(y)) if *x >= 0 && *y >= 0 => (x - y).abs() <= 2,
-        ("PTTL" | "PEXPIRETIME", R::Int(x), R::Int(y)) if *x >= 0 && *y >= 0 => {
-            (x - y).abs() <= 2000
-        }
+        ("PTTL" | "PEXPIRETIME", R::Int(x), R::Int(y)) if *x >= 0 && *y >= 0 => (x - y).abs() <= 2000,
         ("KEYS", R::Arr(_), R::Arr(_)) => a.sorted_strings() == b.sorted_strings(),
         _ => false,
     }
@@ -520,9 +494,7 @@ fn differential_resp3_against_redis() {
 
 fn run_differential(seed: u64, n: usize, resp3: bool) {
     let proto = if resp3 { "RESP3" } else { "RESP2" };
-    eprintln!(
-        "differential ({proto}): seed {seed} ({n} commands); reproduce with COREKV_DIFF_SEED={seed}"
-    );
+    eprintln!("differential ({proto}): seed {seed} ({n} commands); reproduce with COREKV_DIFF_SEED={seed}");
 
     let redis = Node::start_redis(&[]);
     let corekv = Node::start(&["--shards", "2"]);

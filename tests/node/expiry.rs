@@ -12,10 +12,7 @@ fn lazy_expiry_on_access() {
     let mut c = node.client();
     check(&mut c, "SET k v PX 50", ok());
     let gone = wait_for(WAIT, || (q(&mut c, "GET k") == nil()).then_some(()));
-    assert!(
-        gone.is_some(),
-        "key with PX 50 still readable after {WAIT:?}"
-    );
+    assert!(gone.is_some(), "key with PX 50 still readable after {WAIT:?}");
     check(&mut c, "EXISTS k", int(0));
     check(&mut c, "TTL k", int(-2));
     check(&mut c, "PTTL k", int(-2));
@@ -29,9 +26,7 @@ fn lazy_expiry_on_access() {
         assert_eq!(qa(&mut c, &["SET", k.as_str(), "10", "PX", "30"]), ok());
     }
     check(&mut c, "SET sentinel v PX 30", ok());
-    assert!(wait_for(WAIT, || (q(&mut c, "EXISTS sentinel") == int(0))
-        .then_some(()))
-    .is_some());
+    assert!(wait_for(WAIT, || (q(&mut c, "EXISTS sentinel") == int(0)).then_some(())).is_some());
     // The 20 keys were set before the sentinel, so they have expired too.
     let mut mget = vec!["MGET".to_string()];
     mget.extend(keys.iter().cloned());
@@ -42,10 +37,7 @@ fn lazy_expiry_on_access() {
     assert_eq!(qa(&mut c, &["INCR", keys[0].as_str()]), int(1));
     assert_eq!(qa(&mut c, &["TTL", keys[0].as_str()]), int(-1));
     assert_eq!(qa(&mut c, &["APPEND", keys[1].as_str(), "x"]), int(1));
-    assert_eq!(
-        qa(&mut c, &["RENAME", keys[2].as_str(), "dst"]),
-        err("ERR no such key")
-    );
+    assert_eq!(qa(&mut c, &["RENAME", keys[2].as_str(), "dst"]), err("ERR no such key"));
     assert_eq!(qa(&mut c, &["SETNX", keys[3].as_str(), "n"]), int(1));
     assert_eq!(qa(&mut c, &["SET", keys[4].as_str(), "x", "NX"]), ok());
     assert_eq!(qa(&mut c, &["SET", keys[5].as_str(), "x", "XX"]), nil());
@@ -55,21 +47,10 @@ fn lazy_expiry_on_access() {
     assert_eq!(qa(&mut c, &["EXPIRE", keys[9].as_str(), "100"]), int(0));
     assert_eq!(qa(&mut c, &["PERSIST", keys[10].as_str()]), int(0));
     assert_eq!(qa(&mut c, &["DEL", keys[11].as_str()]), int(0));
-    assert_eq!(
-        qa(&mut c, &["GETRANGE", keys[12].as_str(), "0", "-1"]),
-        bulk("")
-    );
-    assert_eq!(
-        qa(&mut c, &["OBJECT", "ENCODING", keys[13].as_str()]),
-        nil()
-    );
+    assert_eq!(qa(&mut c, &["GETRANGE", keys[12].as_str(), "0", "-1"]), bulk(""));
+    assert_eq!(qa(&mut c, &["OBJECT", "ENCODING", keys[13].as_str()]), nil());
     let all = q(&mut c, "KEYS lazy:*").sorted_strings();
-    let mut expected = vec![
-        keys[0].clone(),
-        keys[1].clone(),
-        keys[3].clone(),
-        keys[4].clone(),
-    ];
+    let mut expected = vec![keys[0].clone(), keys[1].clone(), keys[3].clone(), keys[4].clone()];
     expected.sort();
     assert_eq!(all, expected);
 }
@@ -88,9 +69,7 @@ fn overwrite_and_persist_cancel_expiry() {
     check(&mut c, "GETSET getset v2", bulk("v"));
     check(&mut c, "SET sentinel v PX 200", ok());
     assert!(
-        wait_for(WAIT, || (q(&mut c, "EXISTS sentinel") == int(0))
-            .then_some(()))
-        .is_some(),
+        wait_for(WAIT, || (q(&mut c, "EXISTS sentinel") == int(0)).then_some(())).is_some(),
         "sentinel never expired"
     );
     check(&mut c, "GET overwritten", bulk("v2"));

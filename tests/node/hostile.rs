@@ -41,13 +41,7 @@ fn read_exact_bytes(raw: &mut Raw, expected: &[u8]) -> Result<(), String> {
     while got.len() < expected.len() {
         match raw.read_reply(Duration::from_secs(20)) {
             Ok(r) => got.extend(r),
-            Err(e) => {
-                return Err(format!(
-                    "expected {} got {} then {e:?}",
-                    show(expected),
-                    show(&got)
-                ))
-            }
+            Err(e) => return Err(format!("expected {} got {} then {e:?}", show(expected), show(&got))),
         }
     }
     if got != expected {
@@ -71,8 +65,7 @@ fn run_case(node: &Node, c: &Case) -> Result<(), String> {
             }
             raw.send(b"*1\r\n$4\r\nPING\r\n")
                 .map_err(|e| format!("send PING: {e}"))?;
-            read_exact_bytes(&mut raw, b"+PONG\r\n")
-                .map_err(|e| format!("connection unusable afterwards: {e}"))?;
+            read_exact_bytes(&mut raw, b"+PONG\r\n").map_err(|e| format!("connection unusable afterwards: {e}"))?;
         }
         Expect::ErrorThenClose(e) => {
             let expected = format!("-{e}\r\n");
@@ -127,11 +120,7 @@ fn framing_edge_cases() {
         // Empty lines and empty multibulks are skipped silently.
         case("empty lines", b"\r\n\r\n", Replies(b"")),
         case("blank inline line", b"   \r\n", Replies(b"")),
-        case(
-            "empty lines then PING",
-            b"\r\n\r\n\r\nPING\r\n",
-            Replies(b"+PONG\r\n"),
-        ),
+        case("empty lines then PING", b"\r\n\r\n\r\nPING\r\n", Replies(b"+PONG\r\n")),
         case("*0", b"*0\r\n", Replies(b"")),
         case("*-1", b"*-1\r\n", Replies(b"")),
         case("*-5", b"*-5\r\nPING\r\n", Replies(b"+PONG\r\n")),
@@ -141,21 +130,13 @@ fn framing_edge_cases() {
             Replies(b"+PONG\r\n+PONG\r\n"),
         ),
         case("LF-only inline", b"PING\n", Replies(b"+PONG\r\n")),
-        case(
-            "inline trailing spaces",
-            b"PING   \r\n",
-            Replies(b"+PONG\r\n"),
-        ),
+        case("inline trailing spaces", b"PING   \r\n", Replies(b"+PONG\r\n")),
         case(
             "inline quoted escapes",
             b"ECHO \"\\x41\\n\"\r\n",
             Replies(b"$2\r\nA\n\r\n"),
         ),
-        case(
-            "inline single quotes",
-            b"ECHO 'a b'\r\n",
-            Replies(b"$3\r\na b\r\n"),
-        ),
+        case("inline single quotes", b"ECHO 'a b'\r\n", Replies(b"$3\r\na b\r\n")),
         case(
             "empty command name",
             b"*1\r\n$0\r\n\r\n",
@@ -256,11 +237,7 @@ fn framing_edge_cases() {
             ErrorThenClose("ERR Protocol error: invalid bulk length"),
         ),
         // 512 MiB exactly is allowed: the server waits for the data.
-        case(
-            "$536870912 waits",
-            b"*1\r\n$536870912\r\n",
-            QuietThen(b"", b""),
-        ),
+        case("$536870912 waits", b"*1\r\n$536870912\r\n", QuietThen(b"", b"")),
         // Something other than '$' where a bulk is expected.
         case(
             "*1 foo",
@@ -492,10 +469,7 @@ fn numeric_edge_cases() {
             vec!["INCRBY", "n", "1"],
             "-ERR increment or decrement would overflow\r\n",
         ),
-        (
-            vec!["INCR", "n"],
-            "-ERR increment or decrement would overflow\r\n",
-        ),
+        (vec!["INCR", "n"], "-ERR increment or decrement would overflow\r\n"),
         (vec!["SET", "m", "-9223372036854775808"], "+OK\r\n"),
         (
             vec!["DECRBY", "m", "1"],
@@ -519,11 +493,7 @@ fn numeric_edge_cases() {
     ] {
         raw.send_cmd(&cmd).unwrap();
         let got = raw.read_reply(Duration::from_secs(20));
-        assert_eq!(
-            got.as_deref().map(show),
-            Ok(show(reply.as_bytes())),
-            "{cmd:?}"
-        );
+        assert_eq!(got.as_deref().map(show), Ok(show(reply.as_bytes())), "{cmd:?}");
         node.assert_alive();
     }
 }

@@ -11,9 +11,7 @@ use std::time::Duration;
 const NOT_INT: &str = "ERR value is not an integer or out of range";
 
 fn wrong_args(cmd: &str) -> R {
-    err(&format!(
-        "ERR wrong number of arguments for '{cmd}' command"
-    ))
+    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
 }
 
 fn now_secs() -> i64 {
@@ -153,11 +151,7 @@ fn expire_family_and_ttl() {
         "EXPIREAT k 9223372036854775807",
         err("ERR invalid expire time in 'expireat' command"),
     );
-    check(
-        &mut c,
-        "EXPIRE k 100 bogus",
-        err("ERR Unsupported option bogus"),
-    );
+    check(&mut c, "EXPIRE k 100 bogus", err("ERR Unsupported option bogus"));
     check(&mut c, "EXPIRE k", wrong_args("expire"));
     check(&mut c, "TTL", wrong_args("ttl"));
     check(&mut c, "PERSIST", wrong_args("persist"));
@@ -247,10 +241,7 @@ fn keys_patterns() {
         ["h*llo", "h\\llo", "hallo", "hbllo", "heeeello", "hello", "hllo", "hxllo"]
     );
     assert_eq!(keys(&mut c, "h[ae]llo"), ["hallo", "hello"]);
-    assert_eq!(
-        keys(&mut c, "h[^e]llo"),
-        ["h*llo", "h\\llo", "hallo", "hbllo", "hxllo"]
-    );
+    assert_eq!(keys(&mut c, "h[^e]llo"), ["h*llo", "h\\llo", "hallo", "hbllo", "hxllo"]);
     assert_eq!(keys(&mut c, "h[a-b]llo"), ["hallo", "hbllo"]);
     assert_eq!(keys(&mut c, "h\\*llo"), ["h*llo"]);
     assert_eq!(keys(&mut c, "h\\\\llo"), ["h\\llo"]);
@@ -329,10 +320,7 @@ fn scan_options_and_errors() {
     assert_eq!(strings.iter().collect::<HashSet<_>>().len(), 1000);
     let (lists, _) = full_scan(&mut c, &["TYPE", "list"]);
     assert!(lists.is_empty(), "{lists:?}");
-    let (both, _) = full_scan(
-        &mut c,
-        &["MATCH", "item:1*", "COUNT", "7", "TYPE", "STRING"],
-    );
+    let (both, _) = full_scan(&mut c, &["MATCH", "item:1*", "COUNT", "7", "TYPE", "STRING"]);
     assert_eq!(both.iter().collect::<HashSet<_>>().len(), 111);
 
     check(&mut c, "SCAN abc", err("ERR invalid cursor"));
@@ -466,10 +454,7 @@ fn copy_and_move() {
     let mut c = node.client();
     let keys = spread_keys("cp");
     for (i, k) in keys.iter().enumerate() {
-        assert_eq!(
-            qa(&mut c, &["SET", k.as_str(), &format!("v{i}"), "EX", "1000"]),
-            ok()
-        );
+        assert_eq!(qa(&mut c, &["SET", k.as_str(), &format!("v{i}"), "EX", "1000"]), ok());
     }
     // COPY across shards copies the value and the TTL.
     for i in 0..keys.len() {
@@ -479,10 +464,7 @@ fn copy_and_move() {
         assert_eq!(qa(&mut c, &["GET", &fresh]), bulk(format!("v{i}")));
         assert!(qa(&mut c, &["TTL", &fresh]).as_int() > 900);
         // Existing destination: 0 without REPLACE.
-        assert_eq!(
-            qa(&mut c, &["COPY", keys[i].as_str(), dst.as_str()]),
-            int(0)
-        );
+        assert_eq!(qa(&mut c, &["COPY", keys[i].as_str(), dst.as_str()]), int(0));
     }
     check(&mut c, "SET src s", ok());
     check(&mut c, "SET dst d EX 100", ok());
@@ -498,11 +480,7 @@ fn copy_and_move() {
         "COPY src src",
         err("ERR source and destination objects are the same"),
     );
-    check(
-        &mut c,
-        "COPY src other DB 16",
-        err("ERR DB index is out of range"),
-    );
+    check(&mut c, "COPY src other DB 16", err("ERR DB index is out of range"));
     check(&mut c, "COPY src other DB abc", err(NOT_INT));
     check(&mut c, "COPY src other bogus", err("ERR syntax error"));
     check(&mut c, "COPY src", wrong_args("copy"));
@@ -552,11 +530,7 @@ fn object_encoding_freq_idletime() {
         ("012345678901234567890123456789012345678901234", "raw"),   // 45 bytes
     ] {
         assert_eq!(qa(&mut c, &["SET", "k", value]), ok());
-        assert_eq!(
-            qa(&mut c, &["OBJECT", "ENCODING", "k"]),
-            bulk(enc),
-            "value {value:?}"
-        );
+        assert_eq!(qa(&mut c, &["OBJECT", "ENCODING", "k"]), bulk(enc), "value {value:?}");
     }
     check(&mut c, "SET n 5", ok());
     check(&mut c, "INCR n", int(6));

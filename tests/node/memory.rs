@@ -16,11 +16,7 @@ fn value(i: usize) -> Vec<u8> {
 fn memory(c: &mut redis::Connection) -> (i64, i64, i64) {
     let mem = Info::get(c, "memory");
     let stats = Info::get(c, "stats");
-    (
-        mem.int("used_memory"),
-        mem.int("maxmemory"),
-        stats.int("evicted_keys"),
-    )
+    (mem.int("used_memory"), mem.int("maxmemory"), stats.int("evicted_keys"))
 }
 
 #[test]
@@ -30,15 +26,8 @@ fn noeviction_rejects_writes_but_serves_reads_and_deletes() {
     let (_, max, _) = memory(&mut c);
     assert_eq!(max, LIMIT);
     let info = Info::get(&mut c, "memory");
-    assert_eq!(
-        info.field("maxmemory_policy").as_deref(),
-        Some("noeviction")
-    );
-    check(
-        &mut c,
-        "CONFIG GET maxmemory",
-        bulks(&["maxmemory", "8388608"]),
-    );
+    assert_eq!(info.field("maxmemory_policy").as_deref(), Some("noeviction"));
+    check(&mut c, "CONFIG GET maxmemory", bulks(&["maxmemory", "8388608"]));
     check(&mut c, "SET keep kept", ok());
     check(&mut c, "SET counter 1", ok());
 
@@ -48,19 +37,12 @@ fn noeviction_rejects_writes_but_serves_reads_and_deletes() {
     let mut refused_in_a_row = 0;
     let mut first_oom_used = None;
     for i in 0..(5 * LIMIT as usize / VALUE_LEN) {
-        let r = qa(
-            &mut c,
-            &[b"SET".as_slice(), format!("fill:{i}").as_bytes(), &value(i)],
-        );
+        let r = qa(&mut c, &[b"SET".as_slice(), format!("fill:{i}").as_bytes(), &value(i)]);
         if r == ok() {
             written += 1;
             refused_in_a_row = 0;
         } else {
-            assert_eq!(
-                r,
-                err(OOM),
-                "write {i} failed with something other than OOM"
-            );
+            assert_eq!(r, err(OOM), "write {i} failed with something other than OOM");
             if first_oom_used.is_none() {
                 first_oom_used = Some(Info::get(&mut c, "memory").int("used_memory"));
             }
@@ -103,10 +85,7 @@ fn noeviction_rejects_writes_but_serves_reads_and_deletes() {
     check(&mut c, "TTL keep", int(-1));
     check(&mut c, "PING", simple("PONG"));
     let dbsize = q(&mut c, "DBSIZE").as_int();
-    assert!(
-        dbsize >= written + 2,
-        "DBSIZE {dbsize} < {written} + 2: keys were lost"
-    );
+    assert!(dbsize >= written + 2, "DBSIZE {dbsize} < {written} + 2: keys were lost");
     let (_, _, evicted) = memory(&mut c);
     assert_eq!(evicted, 0, "noeviction never evicts");
     check(&mut c, "DEL fill:0", int(1));
@@ -124,20 +103,13 @@ fn volatile_policy_without_volatile_keys_answers_oom() {
     let mut c = node.client();
     let mut result = None;
     for i in 0..(5 * LIMIT as usize / VALUE_LEN) {
-        let r = qa(
-            &mut c,
-            &[b"SET".as_slice(), format!("p:{i}").as_bytes(), &value(i)],
-        );
+        let r = qa(&mut c, &[b"SET".as_slice(), format!("p:{i}").as_bytes(), &value(i)]);
         if r != ok() {
             result = Some(r);
             break;
         }
     }
-    assert_eq!(
-        result,
-        Some(err(OOM)),
-        "nothing evictable: writes must fail"
-    );
+    assert_eq!(result, Some(err(OOM)), "nothing evictable: writes must fail");
     let (_, _, evicted) = memory(&mut c);
     assert_eq!(evicted, 0);
     check(&mut c, "GET p:0", R::Bulk(value(0)));
@@ -165,10 +137,7 @@ fn eviction_case(policy: &str) {
         let r = if volatile {
             // Varied TTLs (for volatile-ttl), all far in the future.
             let ttl = (10_000 + (i * 7919) % 50_000).to_string();
-            qa(
-                &mut c,
-                &[b"SET".as_slice(), key.as_bytes(), &v, b"EX", ttl.as_bytes()],
-            )
+            qa(&mut c, &[b"SET".as_slice(), key.as_bytes(), &v, b"EX", ttl.as_bytes()])
         } else {
             qa(&mut c, &[b"SET".as_slice(), key.as_bytes(), &v])
         };
@@ -182,14 +151,8 @@ fn eviction_case(policy: &str) {
         }
     }
     let (used, max, evicted) = memory(&mut c);
-    assert!(
-        used <= max,
-        "{policy}: used_memory {used} > maxmemory {max} at the end"
-    );
-    assert!(
-        evicted > 0,
-        "{policy}: evicted_keys is 0 after writing 5x the limit"
-    );
+    assert!(used <= max, "{policy}: used_memory {used} > maxmemory {max} at the end");
+    assert!(evicted > 0, "{policy}: evicted_keys is 0 after writing 5x the limit");
     // Surviving keys hold exactly what was written (eviction removes whole keys, never bytes).
     let mut survivors = 0;
     for i in (0..total).step_by(13) {
@@ -224,11 +187,7 @@ fn eviction_case(policy: &str) {
     if volatile {
         let mut exists = vec!["EXISTS".to_string()];
         exists.extend(persistent.iter().cloned());
-        assert_eq!(
-            qa(&mut c, &exists),
-            int(20),
-            "{policy} evicted a key without TTL"
-        );
+        assert_eq!(qa(&mut c, &exists), int(20), "{policy} evicted a key without TTL");
         for k in &persistent {
             assert_eq!(qa(&mut c, &["GET", k.as_str()]), bulk("precious"));
         }
@@ -262,10 +221,7 @@ fn config_set_maxmemory_at_runtime_evicts() {
     let mut c = node.client();
     for i in 0..2000 {
         assert_eq!(
-            qa(
-                &mut c,
-                &[b"SET".as_slice(), format!("k:{i}").as_bytes(), &value(i)]
-            ),
+            qa(&mut c, &[b"SET".as_slice(), format!("k:{i}").as_bytes(), &value(i)]),
             ok()
         );
     }

@@ -30,11 +30,7 @@ fn workload(seed: u64, n: usize) -> Vec<(Vec<String>, R)> {
             }
             50..=69 => {
                 let k = counter(&mut rng);
-                let next = model
-                    .get(&k)
-                    .map(|v| v.parse::<i64>().unwrap())
-                    .unwrap_or(0)
-                    + 1;
+                let next = model.get(&k).map(|v| v.parse::<i64>().unwrap()).unwrap_or(0) + 1;
                 model.insert(k.clone(), next.to_string());
                 (vec!["INCR".into(), k], int(next))
             }

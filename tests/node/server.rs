@@ -4,11 +4,7 @@
 use crate::support::*;
 use std::time::Duration;
 
-const WRONG_ARGS: fn(&str) -> R = |cmd| {
-    err(&format!(
-        "ERR wrong number of arguments for '{cmd}' command"
-    ))
-};
+const WRONG_ARGS: fn(&str) -> R = |cmd| err(&format!("ERR wrong number of arguments for '{cmd}' command"));
 
 #[test]
 fn ping_and_echo() {
@@ -25,10 +21,7 @@ fn ping_and_echo() {
     check(&mut c, "ECHO a b", WRONG_ARGS("echo"));
     // Binary-safe.
     let bin: Vec<u8> = (0u8..=255).collect();
-    assert_eq!(
-        qa(&mut c, &[b"ECHO".as_slice(), &bin]),
-        R::Bulk(bin.clone())
-    );
+    assert_eq!(qa(&mut c, &[b"ECHO".as_slice(), &bin]), R::Bulk(bin.clone()));
 }
 
 #[test]
@@ -68,10 +61,7 @@ fn hello_resp2_and_resp3() {
 
     // HELLO without arguments: current protocol (2), flat array.
     let r = q(&mut c, "HELLO");
-    assert!(
-        matches!(r, R::Arr(_)),
-        "HELLO in RESP2 is a flat array: {r:?}"
-    );
+    assert!(matches!(r, R::Arr(_)), "HELLO in RESP2 is a flat array: {r:?}");
     assert_eq!(r.field("proto"), Some(int(2)), "{r:?}");
     assert_eq!(r.field("id"), Some(int(id)), "{r:?}");
     assert_eq!(r.field("mode"), Some(bulk("standalone")), "{r:?}");
@@ -90,31 +80,15 @@ fn hello_resp2_and_resp3() {
     assert_eq!(r.field("proto"), Some(int(3)));
     assert_eq!(r.field("id"), Some(int(id)));
 
-    check(
-        &mut c,
-        "HELLO 4",
-        err("NOPROTO unsupported protocol version"),
-    );
-    check(
-        &mut c,
-        "HELLO 1",
-        err("NOPROTO unsupported protocol version"),
-    );
+    check(&mut c, "HELLO 4", err("NOPROTO unsupported protocol version"));
+    check(&mut c, "HELLO 1", err("NOPROTO unsupported protocol version"));
     check(
         &mut c,
         "HELLO abc",
         err("ERR Protocol version is not an integer or out of range"),
     );
-    check(
-        &mut c,
-        "HELLO 2 foo",
-        err("ERR Syntax error in HELLO option 'foo'"),
-    );
-    check(
-        &mut c,
-        "HELLO 2 AUTH",
-        err("ERR Syntax error in HELLO option 'AUTH'"),
-    );
+    check(&mut c, "HELLO 2 foo", err("ERR Syntax error in HELLO option 'foo'"));
+    check(&mut c, "HELLO 2 AUTH", err("ERR Syntax error in HELLO option 'AUTH'"));
     check(
         &mut c,
         "HELLO 2 auth default",
@@ -135,12 +109,7 @@ fn hello_resp3_changes_reply_encoding() {
     raw.expect(b"_\r\n");
     raw.send_cmd(&["HELLO", "2"]).unwrap();
     let hello = raw.read_reply(Duration::from_secs(10)).unwrap();
-    assert_eq!(
-        hello[0],
-        b'*',
-        "HELLO 2 reply is an array: {}",
-        show(&hello)
-    );
+    assert_eq!(hello[0], b'*', "HELLO 2 reply is an array: {}", show(&hello));
     raw.send_cmd(&["GET", "missing"]).unwrap();
     raw.expect(b"$-1\r\n");
 }
@@ -238,11 +207,7 @@ fn select_isolates_databases() {
     check(&mut c, "GET k", nil());
     check(&mut c, "SELECT 16", err("ERR DB index is out of range"));
     check(&mut c, "SELECT -1", err("ERR DB index is out of range"));
-    check(
-        &mut c,
-        "SELECT abc",
-        err("ERR value is not an integer or out of range"),
-    );
+    check(&mut c, "SELECT abc", err("ERR value is not an integer or out of range"));
     check(&mut c, "SELECT", WRONG_ARGS("select"));
     // A failed SELECT keeps the current database.
     check(&mut c, "SET here 15", ok());
@@ -273,19 +238,10 @@ fn databases_flag_limits_select() {
     let info = Info::get(&mut c, "keyspace");
     assert_eq!(info.db_keys(0).map(|k| k.0), Some(1), "{}", info.text);
     assert_eq!(info.db_keys(3).map(|k| k.0), Some(1), "{}", info.text);
-    assert_eq!(
-        info.db_keys(1),
-        None,
-        "empty databases are not listed: {}",
-        info.text
-    );
+    assert_eq!(info.db_keys(1), None, "empty databases are not listed: {}", info.text);
     // MOVE and COPY ... DB honour the limit too.
     check(&mut c, "MOVE k 4", err("ERR DB index is out of range"));
-    check(
-        &mut c,
-        "COPY k k2 DB 4",
-        err("ERR DB index is out of range"),
-    );
+    check(&mut c, "COPY k k2 DB 4", err("ERR DB index is out of range"));
     check(&mut c, "MOVE k 2", int(1));
     check(&mut c, "SELECT 2", ok());
     check(&mut c, "GET k", bulk("zero"));
@@ -333,10 +289,7 @@ fn client_id_name_list_info() {
     assert!(l1.contains(" name=alpha "), "{l1}");
     assert!(l1.contains(" db=3 "), "{l1}");
     assert!(l1.contains(" addr=127.0.0.1:"), "{l1}");
-    assert!(
-        lines.iter().any(|l| l.starts_with(&format!("id={id2} "))),
-        "{list}"
-    );
+    assert!(lines.iter().any(|l| l.starts_with(&format!("id={id2} "))), "{list}");
     let only1 = q(&mut c2, &format!("CLIENT LIST ID {id1}")).as_string();
     assert_eq!(only1.lines().count(), 1, "{only1}");
     assert!(only1.starts_with(&format!("id={id1} ")), "{only1}");
@@ -367,11 +320,7 @@ fn client_setinfo() {
     assert!(info.contains(" lib-ver=1.2.3"), "{info}");
     assert!(q(&mut c, "CLIENT SETINFO nosuch x").is_err());
     assert!(q(&mut c, "CLIENT SETINFO lib-name \"a b\"").is_err());
-    check(
-        &mut c,
-        "CLIENT SETINFO lib-name",
-        WRONG_ARGS("client|setinfo"),
-    );
+    check(&mut c, "CLIENT SETINFO lib-name", WRONG_ARGS("client|setinfo"));
 }
 
 #[test]
@@ -381,9 +330,7 @@ fn client_kill() {
     let mut victim = node.raw();
     victim.send_cmd(&["CLIENT", "ID"]).unwrap();
     let idr = victim.read_reply(Duration::from_secs(10)).unwrap();
-    let vid: i64 = String::from_utf8_lossy(&idr[1..idr.len() - 2])
-        .parse()
-        .unwrap();
+    let vid: i64 = String::from_utf8_lossy(&idr[1..idr.len() - 2]).parse().unwrap();
     check(&mut c, "CLIENT KILL ID 999999999", int(0));
     check(&mut c, "CLIENT KILL 1.2.3.4:5", err("ERR No such client"));
     check(&mut c, &format!("CLIENT KILL ID {vid}"), int(1));
@@ -480,10 +427,7 @@ fn command_introspection() {
         "shutdown",
         "auth",
     ] {
-        assert!(
-            list.iter().any(|n| n == name),
-            "COMMAND LIST lacks {name}: {list:?}"
-        );
+        assert!(list.iter().any(|n| n == name), "COMMAND LIST lacks {name}: {list:?}");
     }
 
     // COMMAND INFO: name, arity, flags, first key, last key, step.
@@ -509,9 +453,7 @@ fn command_introspection() {
     // COMMAND DOCS: a map from name to its docs.
     let docs = q(&mut c, "COMMAND DOCS get");
     let get_docs = docs.field("get").unwrap_or_else(|| panic!("{docs:?}"));
-    let summary = get_docs
-        .field("summary")
-        .unwrap_or_else(|| panic!("{get_docs:?}"));
+    let summary = get_docs.field("summary").unwrap_or_else(|| panic!("{get_docs:?}"));
     assert!(!summary.as_string().is_empty());
     let docs = q(&mut c, "COMMAND DOCS nosuch");
     assert!(docs == arr(vec![]) || docs == R::Map(vec![]), "{docs:?}");
@@ -523,11 +465,7 @@ fn command_introspection() {
     check(&mut c, "COMMAND GETKEYS COPY a b", bulks(&["a", "b"]));
     check(&mut c, "COMMAND GETKEYS RENAME a b", bulks(&["a", "b"]));
     check(&mut c, "COMMAND GETKEYS DEL a b c", bulks(&["a", "b", "c"]));
-    check(
-        &mut c,
-        "COMMAND GETKEYS foo bar",
-        err("ERR Invalid command specified"),
-    );
+    check(&mut c, "COMMAND GETKEYS foo bar", err("ERR Invalid command specified"));
     check(
         &mut c,
         "COMMAND GETKEYS PING x",
@@ -570,10 +508,7 @@ fn config_get_set_resetstat() {
         pairs.contains(&("maxmemory-policy".into(), "noeviction".into())),
         "{r:?}"
     );
-    assert!(
-        pairs.iter().all(|(k, _)| k.starts_with("maxmemory")),
-        "{r:?}"
-    );
+    assert!(pairs.iter().all(|(k, _)| k.starts_with("maxmemory")), "{r:?}");
     let r = q(&mut c, "CONFIG GET max?emory");
     assert_eq!(r, bulks(&["maxmemory", "0"]));
     // Several parameters at once (Redis 7).
@@ -582,17 +517,9 @@ fn config_get_set_resetstat() {
     assert_eq!(r.field("databases"), Some(bulk("16")));
 
     check(&mut c, "CONFIG SET maxmemory 10mb", ok());
-    check(
-        &mut c,
-        "CONFIG GET maxmemory",
-        bulks(&["maxmemory", "10485760"]),
-    );
+    check(&mut c, "CONFIG GET maxmemory", bulks(&["maxmemory", "10485760"]));
     check(&mut c, "CONFIG SET maxmemory 1gb", ok());
-    check(
-        &mut c,
-        "CONFIG GET maxmemory",
-        bulks(&["maxmemory", "1073741824"]),
-    );
+    check(&mut c, "CONFIG GET maxmemory", bulks(&["maxmemory", "1073741824"]));
     let info = Info::get(&mut c, "memory");
     assert_eq!(info.int("maxmemory"), 1073741824, "{}", info.text);
     check(&mut c, "CONFIG SET maxmemory 0", ok());
@@ -658,10 +585,7 @@ fn info_sections_and_fields() {
     let all = Info::get(&mut c, "");
     let sections = all.sections();
     for s in ["Server", "Clients", "Memory", "Stats", "Keyspace"] {
-        assert!(
-            sections.iter().any(|x| x == s),
-            "INFO lacks # {s}: {sections:?}"
-        );
+        assert!(sections.iter().any(|x| x == s), "INFO lacks # {s}: {sections:?}");
     }
     assert!(all.text.contains("\r\n"), "INFO lines end with CRLF");
     assert_eq!(all.int("tcp_port"), node.port() as i64);
@@ -701,19 +625,13 @@ fn info_sections_and_fields() {
     for section in ["all", "everything", "default"] {
         let info = Info::get(&mut c, section);
         for s in ["Server", "Clients", "Memory", "Stats", "Keyspace"] {
-            assert!(
-                info.sections().iter().any(|x| x == s),
-                "INFO {section} lacks {s}"
-            );
+            assert!(info.sections().iter().any(|x| x == s), "INFO {section} lacks {s}");
         }
         assert_eq!(info.db_keys(0), Some((2, 1)), "INFO {section}");
     }
     // Several sections at once (Redis 7).
     let two = Info::get(&mut c, "memory keyspace");
-    assert_eq!(
-        two.sections(),
-        vec!["Memory".to_string(), "Keyspace".to_string()]
-    );
+    assert_eq!(two.sections(), vec!["Memory".to_string(), "Keyspace".to_string()]);
     // Unknown section: empty.
     check(&mut c, "INFO nosuchsection", bulk(""));
 }
@@ -820,10 +738,7 @@ fn container_command_arity_errors_do_not_hurt_the_server() {
         ("CLIENT ID x", wa("client|id")),
         ("CLIENT LIST ID", "ERR syntax error".into()),
         ("CLIENT LIST ID abc", "ERR Invalid client ID".into()),
-        (
-            "CLIENT KILL ID abc",
-            "ERR client-id should be greater than 0".into(),
-        ),
+        ("CLIENT KILL ID abc", "ERR client-id should be greater than 0".into()),
         ("CLIENT KILL SKIPME maybe", "ERR syntax error".into()),
         ("CONFIG", wa("config")),
         ("CONFIG SET", wa("config|set")),
@@ -835,14 +750,8 @@ fn container_command_arity_errors_do_not_hurt_the_server() {
         ("COMMAND COUNT x", wa("command|count")),
         ("COMMAND LIST FILTERBY", "ERR syntax error".into()),
         ("COMMAND LIST FILTERBY PATTERN", "ERR syntax error".into()),
-        (
-            "HELLO 3 SETNAME",
-            "ERR Syntax error in HELLO option 'SETNAME'".into(),
-        ),
-        (
-            "HELLO 3 AUTH default",
-            "ERR Syntax error in HELLO option 'AUTH'".into(),
-        ),
+        ("HELLO 3 SETNAME", "ERR Syntax error in HELLO option 'SETNAME'".into()),
+        ("HELLO 3 AUTH default", "ERR Syntax error in HELLO option 'AUTH'".into()),
         ("SELECT", wa("select")),
         ("MOVE k", wa("move")),
         ("COPY k", wa("copy")),

@@ -17,10 +17,9 @@ fn readiness_line_names_port_and_shards() {
     );
     let node3 = Node::start(&["--shards", "3"]);
     assert!(
-        node3.ready_line().contains(&format!(
-            "listening on 127.0.0.1:{}, 3 shards",
-            node3.port()
-        )),
+        node3
+            .ready_line()
+            .contains(&format!("listening on 127.0.0.1:{}, 3 shards", node3.port())),
         "{:?}",
         node3.ready_line()
     );
@@ -75,13 +74,8 @@ fn shutdown_command_exits_zero() {
 fn shutdown_nosave_exits_zero() {
     let mut node = Node::start(&[]);
     let mut c = node.client();
-    let r = redis::cmd("SHUTDOWN")
-        .arg("NOSAVE")
-        .query::<redis::Value>(&mut c);
-    assert!(
-        r.is_err(),
-        "SHUTDOWN NOSAVE replied {r:?} instead of closing"
-    );
+    let r = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<redis::Value>(&mut c);
+    assert!(r.is_err(), "SHUTDOWN NOSAVE replied {r:?} instead of closing");
     let status = node
         .wait_exit(Duration::from_secs(30))
         .expect("SHUTDOWN NOSAVE did not stop the process");
@@ -123,9 +117,7 @@ fn sigterm_during_pipeline_sends_only_whole_replies() {
         }
     }
     sender.join().unwrap();
-    let status = node
-        .wait_exit(Duration::from_secs(30))
-        .expect("no exit after SIGTERM");
+    let status = node.wait_exit(Duration::from_secs(30)).expect("no exit after SIGTERM");
     assert_exit_zero(status, "SIGTERM during pipeline", &node.stderr());
 }
 
@@ -141,17 +133,9 @@ fn port_already_taken_fails_with_one_stderr_line() {
         Err(f) => f,
     };
     let status = f.status.expect("second node neither got ready nor exited");
-    assert!(
-        !status.success(),
-        "exit status {status:?} should be non-zero"
-    );
+    assert!(!status.success(), "exit status {status:?} should be non-zero");
     let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one stderr line, got:\n{}",
-        f.stderr
-    );
+    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{}", f.stderr);
     assert!(!f.stdout.contains("listening on"), "{}", f.stdout);
     first.assert_alive();
 }
@@ -191,12 +175,7 @@ fn missing_config_file_fails_with_one_stderr_line() {
     let status = f.status.expect("neither ready nor exited");
     assert!(!status.success());
     let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one stderr line, got:\n{}",
-        f.stderr
-    );
+    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{}", f.stderr);
 }
 
 #[test]

@@ -8,9 +8,7 @@ const NOT_INT: &str = "ERR value is not an integer or out of range";
 const SYNTAX: &str = "ERR syntax error";
 
 fn wrong_args(cmd: &str) -> R {
-    err(&format!(
-        "ERR wrong number of arguments for '{cmd}' command"
-    ))
+    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
 }
 
 fn now_secs() -> i64 {
@@ -185,10 +183,7 @@ fn set_ifeq() {
     // Binary comparison values.
     assert_eq!(qa(&mut c, &[b"SET".as_slice(), b"bin", b"\x00\xff"]), ok());
     assert_eq!(
-        qa(
-            &mut c,
-            &[b"SET".as_slice(), b"bin", b"y", b"IFEQ", b"\x00\xff"]
-        ),
+        qa(&mut c, &[b"SET".as_slice(), b"bin", b"y", b"IFEQ", b"\x00\xff"]),
         ok()
     );
     check(&mut c, "GET bin", bulk("y"));
@@ -208,11 +203,7 @@ fn setnx_setex_psetex() {
     assert!((90..=100).contains(&ttl), "{ttl}");
     check(&mut c, "GET e", bulk("v"));
     check(&mut c, "SETEX e abc v", err(NOT_INT));
-    check(
-        &mut c,
-        "SETEX e 0 v",
-        err("ERR invalid expire time in 'setex' command"),
-    );
+    check(&mut c, "SETEX e 0 v", err("ERR invalid expire time in 'setex' command"));
     check(
         &mut c,
         "SETEX e -1 v",
@@ -268,11 +259,7 @@ fn getset_getdel_getex() {
     let at = now_secs() + 1000;
     check(&mut c, &format!("GETEX k EXAT {at}"), bulk("v"));
     check(&mut c, "EXPIRETIME k", int(at));
-    check(
-        &mut c,
-        &format!("GETEX k PXAT {}", at * 1000 + 7),
-        bulk("v"),
-    );
+    check(&mut c, &format!("GETEX k PXAT {}", at * 1000 + 7), bulk("v"));
     check(&mut c, "PEXPIRETIME k", int(at * 1000 + 7));
     check(&mut c, "GETEX k PERSIST", bulk("v"));
     check(&mut c, "TTL k", int(-1));
@@ -326,10 +313,7 @@ fn mget_mset_msetnx_across_shards() {
     assert_eq!(qa(&mut c, &mget), arr(expected));
     // The same key twice.
     let r = qa(&mut c, &["MGET", &keys[0], &keys[0], &keys[5]]);
-    assert_eq!(
-        r,
-        arr(vec![bulk("value-0"), bulk("value-0"), bulk("value-5")])
-    );
+    assert_eq!(r, arr(vec![bulk("value-0"), bulk("value-0"), bulk("value-5")]));
     check(&mut c, "MGET", wrong_args("mget"));
     check(&mut c, "MSET a", wrong_args("mset"));
     check(&mut c, "MSET a 1 b", wrong_args("mset"));
@@ -402,11 +386,7 @@ fn append_strlen() {
     for i in 0..200 {
         let piece = format!("{i},");
         expected.extend_from_slice(piece.as_bytes());
-        check(
-            &mut c,
-            &format!("APPEND grow {piece}"),
-            int(expected.len() as i64),
-        );
+        check(&mut c, &format!("APPEND grow {piece}"), int(expected.len() as i64));
     }
     check(&mut c, "GET grow", R::Bulk(expected));
 }
@@ -513,16 +493,8 @@ fn incr_decr_family() {
 
     // Overflow.
     check(&mut c, "SET max 9223372036854775807", ok());
-    check(
-        &mut c,
-        "INCR max",
-        err("ERR increment or decrement would overflow"),
-    );
-    check(
-        &mut c,
-        "INCRBY max 1",
-        err("ERR increment or decrement would overflow"),
-    );
+    check(&mut c, "INCR max", err("ERR increment or decrement would overflow"));
+    check(&mut c, "INCRBY max 1", err("ERR increment or decrement would overflow"));
     check(
         &mut c,
         "DECRBY max -1",
@@ -530,11 +502,7 @@ fn incr_decr_family() {
     );
     check(&mut c, "GET max", bulk("9223372036854775807"));
     check(&mut c, "SET min -9223372036854775808", ok());
-    check(
-        &mut c,
-        "DECR min",
-        err("ERR increment or decrement would overflow"),
-    );
+    check(&mut c, "DECR min", err("ERR increment or decrement would overflow"));
     check(
         &mut c,
         "INCRBY min -1",
@@ -576,32 +544,16 @@ fn incrbyfloat() {
     check(&mut c, "INCRBYFLOAT t 1", bulk("2"));
     assert!(q(&mut c, "TTL t").as_int() > 90);
 
-    check(
-        &mut c,
-        "INCRBYFLOAT k abc",
-        err("ERR value is not a valid float"),
-    );
-    check(
-        &mut c,
-        "INCRBYFLOAT k nan",
-        err("ERR value is not a valid float"),
-    );
-    check(
-        &mut c,
-        "INCRBYFLOAT k \"\"",
-        err("ERR value is not a valid float"),
-    );
+    check(&mut c, "INCRBYFLOAT k abc", err("ERR value is not a valid float"));
+    check(&mut c, "INCRBYFLOAT k nan", err("ERR value is not a valid float"));
+    check(&mut c, "INCRBYFLOAT k \"\"", err("ERR value is not a valid float"));
     check(
         &mut c,
         "INCRBYFLOAT k inf",
         err("ERR increment would produce NaN or Infinity"),
     );
     check(&mut c, "SET s notanumber", ok());
-    check(
-        &mut c,
-        "INCRBYFLOAT s 1",
-        err("ERR value is not a valid float"),
-    );
+    check(&mut c, "INCRBYFLOAT s 1", err("ERR value is not a valid float"));
     check(&mut c, "INCRBYFLOAT k", wrong_args("incrbyfloat"));
     check(&mut c, "GET k", bulk("5201"));
 }

@@ -66,8 +66,7 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("corekv-{tag}-{}-{n}-{nanos}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corekv-{tag}-{}-{n}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test data dir");
     dir
@@ -102,8 +101,7 @@ pub struct StartFailure {
 }
 
 fn has_flag(args: &[&str], flag: &str) -> bool {
-    args.iter()
-        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+    args.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
 }
 
 /// Copies everything `r` yields into `sink`; the returned flag turns true at EOF.
@@ -116,10 +114,7 @@ fn spawn_drainer<R: Read + Send + 'static>(r: R, sink: Arc<Mutex<String>>) -> Ar
         loop {
             match r.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => sink
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(n) => sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
             }
         }
         flag.store(true, Ordering::SeqCst);
@@ -129,9 +124,7 @@ fn spawn_drainer<R: Read + Send + 'static>(r: R, sink: Arc<Mutex<String>>) -> Ar
 
 /// Waits (bounded) for a drainer to reach EOF, which follows the process exit.
 fn wait_drained(done: &AtomicBool) {
-    wait_for(Duration::from_secs(5), || {
-        done.load(Ordering::SeqCst).then_some(())
-    });
+    wait_for(Duration::from_secs(5), || done.load(Ordering::SeqCst).then_some(()));
 }
 
 /// Parses the port out of `... listening on 127.0.0.1:PORT, ...`.
@@ -583,10 +576,7 @@ impl fmt::Debug for R {
             R::Simple(s) => write!(f, "+{s}"),
             R::Arr(v) => f.debug_list().entries(v).finish(),
             R::Err(e) => write!(f, "(error) {e}"),
-            R::Map(m) => f
-                .debug_map()
-                .entries(m.iter().map(|(k, v)| (k, v)))
-                .finish(),
+            R::Map(m) => f.debug_map().entries(m.iter().map(|(k, v)| (k, v))).finish(),
             R::Set(s) => {
                 write!(f, "set")?;
                 f.debug_set().entries(s).finish()
@@ -685,10 +675,7 @@ pub fn split_line(line: &str) -> Vec<Vec<u8>> {
                 }
                 i += 1;
             }
-            assert!(
-                i < b.len(),
-                "unterminated quote in test command line {line:?}"
-            );
+            assert!(i < b.len(), "unterminated quote in test command line {line:?}");
             i += 1;
         } else {
             while i < b.len() && !b[i].is_ascii_whitespace() {
@@ -806,10 +793,7 @@ impl R {
     #[track_caller]
     pub fn field(&self, key: &str) -> Option<R> {
         match self {
-            R::Map(m) => m
-                .iter()
-                .find(|(k, _)| k.as_string() == key)
-                .map(|(_, v)| v.clone()),
+            R::Map(m) => m.iter().find(|(k, _)| k.as_string() == key).map(|(_, v)| v.clone()),
             R::Arr(v) => v
                 .chunks(2)
                 .find(|c| c.len() == 2 && c[0].as_string() == key)
@@ -834,9 +818,7 @@ impl Info {
         } else {
             q(con, &format!("INFO {section}"))
         };
-        Info {
-            text: r.as_string(),
-        }
+        Info { text: r.as_string() }
     }
     pub fn field(&self, name: &str) -> Option<String> {
         self.text.lines().find_map(|l| {
@@ -894,9 +876,7 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 
 /// Twenty distinct keys: with two shards, they are all but certain to span both.
 pub fn spread_keys(prefix: &str) -> Vec<String> {
-    (0..20)
-        .map(|i| format!("{prefix}:{i}:{}", i * 7919))
-        .collect()
+    (0..20).map(|i| format!("{prefix}:{i}:{}", i * 7919)).collect()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -938,10 +918,7 @@ pub struct Raw {
 /// Length of the first complete RESP2/RESP3 reply in `b`, if complete.
 pub fn reply_len(b: &[u8]) -> Option<usize> {
     fn line_end(b: &[u8], from: usize) -> Option<usize> {
-        b[from..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|p| from + p)
+        b[from..].windows(2).position(|w| w == b"\r\n").map(|p| from + p)
     }
     fn one(b: &[u8], at: usize) -> Option<usize> {
         let t = *b.get(at)?;
@@ -1048,11 +1025,7 @@ impl Raw {
     #[track_caller]
     pub fn expect(&mut self, expected: &[u8]) {
         let got = self.read_reply(Duration::from_secs(20));
-        assert_eq!(
-            got.as_deref().map(show),
-            Ok(show(expected)),
-            "raw reply mismatch"
-        );
+        assert_eq!(got.as_deref().map(show), Ok(show(expected)), "raw reply mismatch");
     }
 
     /// Asserts the server closes the connection within `timeout` with nothing more sent.
@@ -1061,10 +1034,7 @@ impl Raw {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.buf.is_empty() {
-                panic!(
-                    "expected the connection to close, got more bytes: {}",
-                    show(&self.buf)
-                );
+                panic!("expected the connection to close, got more bytes: {}", show(&self.buf));
             }
             match self.fill(deadline) {
                 Ok(()) => continue,

@@ -145,11 +145,7 @@ impl<'a> ReplyEncoder<'a> {
     }
     /// RESP3 `=len\r\nfmt:text\r\n` (`fmt` is three bytes such as `txt`); RESP2 a bulk string.
     pub fn verbatim(&mut self, format: &str, text: &[u8]) {
-        debug_assert_eq!(
-            format.len(),
-            3,
-            "verbatim format must be 3 bytes: {format:?}"
-        );
+        debug_assert_eq!(format.len(), 3, "verbatim format must be 3 bytes: {format:?}");
         match self.protocol {
             Protocol::Resp2 => self.bulk(text),
             Protocol::Resp3 => {
@@ -209,15 +205,7 @@ fn format_double(value: f64, out: &mut [u8; DOUBLE_BUF]) -> usize {
         return put(out, 0, if value > 0.0 { b"inf" } else { b"-inf" });
     }
     if value == 0.0 {
-        return put(
-            out,
-            0,
-            if value.is_sign_negative() {
-                b"-0"
-            } else {
-                b"0"
-            },
-        );
+        return put(out, 0, if value.is_sign_negative() { b"-0" } else { b"0" });
     }
     // 2^62 is exactly representable; `as i64` is exact for every integral value in range.
     const INT_LIMIT: f64 = 4_611_686_018_427_387_904.0;
@@ -376,11 +364,7 @@ mod tests {
     fn bulk_strings() {
         check(|e| e.bulk(b"hello"), b"$5\r\nhello\r\n", b"$5\r\nhello\r\n");
         check(|e| e.bulk(b""), b"$0\r\n\r\n", b"$0\r\n\r\n");
-        check(
-            |e| e.bulk(b"a\r\nb"),
-            b"$4\r\na\r\nb\r\n",
-            b"$4\r\na\r\nb\r\n",
-        );
+        check(|e| e.bulk(b"a\r\nb"), b"$4\r\na\r\nb\r\n", b"$4\r\na\r\nb\r\n");
         let big = vec![b'x'; 100_000];
         let mut want = b"$100000\r\n".to_vec();
         want.extend_from_slice(&big);
@@ -500,11 +484,7 @@ mod tests {
         check(|e| e.double(1.5), b"$3\r\n1.5\r\n", b",1.5\r\n");
         check(|e| e.double(10.0), b"$2\r\n10\r\n", b",10\r\n");
         check(|e| e.double(f64::INFINITY), b"$3\r\ninf\r\n", b",inf\r\n");
-        check(
-            |e| e.double(f64::NEG_INFINITY),
-            b"$4\r\n-inf\r\n",
-            b",-inf\r\n",
-        );
+        check(|e| e.double(f64::NEG_INFINITY), b"$4\r\n-inf\r\n", b",-inf\r\n");
         check(|e| e.double(f64::NAN), b"$3\r\nnan\r\n", b",nan\r\n");
         check(|e| e.double(-1e-7), b"$5\r\n-1e-7\r\n", b",-1e-7\r\n");
     }

@@ -278,11 +278,7 @@ impl RequestParser {
         if consumed > self.limits.max_query_buffer {
             return Err(ParseError::QueryBufferLimit);
         }
-        let end = if lf > 0 && buf[lf - 1] == b'\r' {
-            lf - 1
-        } else {
-            lf
-        };
+        let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
         let line = buf.split_to(consumed).freeze();
         self.line_consumed();
         split_args(&line, end, &mut self.pending).map_err(|()| ParseError::UnbalancedQuotes)?;
@@ -298,12 +294,7 @@ impl RequestParser {
     ///
     /// A line longer than `max_inline_len` bytes (counting up to its end, or everything buffered
     /// while the end is missing) is `too_big`.
-    fn find_line_end(
-        &mut self,
-        buf: &[u8],
-        term: u8,
-        too_big: ParseError,
-    ) -> Result<Option<usize>, ParseError> {
+    fn find_line_end(&mut self, buf: &[u8], term: u8, too_big: ParseError) -> Result<Option<usize>, ParseError> {
         if !self.nul_blocked {
             // min(): stays in bounds even if a caller broke the append-only contract.
             let from = self.scanned.min(buf.len());
@@ -569,26 +560,14 @@ mod tests {
     fn check_with(limits: ParseLimits, input: &[u8], expected: &[Out]) {
         let whole = run_chunks(limits, [input]);
         let shown = String::from_utf8_lossy(&input[..input.len().min(200)]);
-        assert!(
-            whole == expected,
-            "whole input {shown:?}: got {}",
-            short(&whole)
-        );
+        assert!(whole == expected, "whole input {shown:?}: got {}", short(&whole));
         if input.len() <= 4096 {
             let bytewise = run_chunks(limits, input.chunks(1));
-            assert!(
-                bytewise == expected,
-                "byte by byte {shown:?}: got {}",
-                short(&bytewise)
-            );
+            assert!(bytewise == expected, "byte by byte {shown:?}: got {}", short(&bytewise));
         }
         for size in [2, 3, 7, 1000] {
             let split = run_chunks(limits, input.chunks(size));
-            assert!(
-                split == expected,
-                "chunks of {size} {shown:?}: got {}",
-                short(&split)
-            );
+            assert!(split == expected, "chunks of {size} {shown:?}: got {}", short(&split));
         }
     }
 
@@ -615,10 +594,7 @@ mod tests {
             &[breq(&[b"ECHO", b"a\r\n\x00b"]), More],
         );
         // Empty argument.
-        check(
-            b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n",
-            &[req(&["ECHO", ""]), More],
-        );
+        check(b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n", &[req(&["ECHO", ""]), More]);
         // Incomplete requests wait.
         check(b"*2\r\n$3\r\nGET\r\n$1\r\n", &[More]);
         check(b"*2\r\n$3\r\nGET", &[More]);
@@ -632,24 +608,12 @@ mod tests {
         check(b"*0\r\n*1\r\n$4\r\nPING\r\n", &[req(&["PING"]), More]);
         check(b"*-1\r\nPING\r\n", &[req(&["PING"]), More]);
         check(b"*-5\r\nPING\r\n", &[req(&["PING"]), More]);
-        check(
-            b"*-9223372036854775808\r\nPING\r\n",
-            &[req(&["PING"]), More],
-        );
+        check(b"*-9223372036854775808\r\nPING\r\n", &[req(&["PING"]), More]);
         // Counts up to INT_MAX wait for their arguments; above it they are invalid.
         check(b"*2147483647\r\n", &[More]);
-        check(
-            b"*2147483648\r\n",
-            &[err(ParseError::InvalidMultibulkLength)],
-        );
-        check(
-            b"*3000000000\r\nPING\r\n",
-            &[err(ParseError::InvalidMultibulkLength)],
-        );
-        check(
-            b"*99999999999999999999\r\n",
-            &[err(ParseError::InvalidMultibulkLength)],
-        );
+        check(b"*2147483648\r\n", &[err(ParseError::InvalidMultibulkLength)]);
+        check(b"*3000000000\r\nPING\r\n", &[err(ParseError::InvalidMultibulkLength)]);
+        check(b"*99999999999999999999\r\n", &[err(ParseError::InvalidMultibulkLength)]);
         // string2ll: no sign, no leading zero, no -0, no blanks, not empty.
         for bad in [
             &b"*\r\n"[..],
@@ -665,10 +629,7 @@ mod tests {
         }
         // The count line ends at the first CR; the byte after it is skipped unchecked.
         check(b"*1\rX$4\r\nPING\r\n", &[req(&["PING"]), More]);
-        check(
-            b"*1\n$4\r\nPING\r\n",
-            &[err(ParseError::InvalidMultibulkLength)],
-        );
+        check(b"*1\n$4\r\nPING\r\n", &[err(ParseError::InvalidMultibulkLength)]);
     }
 
     #[test]
@@ -689,14 +650,8 @@ mod tests {
         // Missing `$`: Redis names the byte it found.
         check(b"*1\r\nfoo\r\n", &[err(ParseError::ExpectedDollar('f'))]);
         check(b"*1\r\n\r\n", &[err(ParseError::ExpectedDollar('\r'))]);
-        check(
-            b"*1\r\n\xffx\r\n",
-            &[err(ParseError::ExpectedDollar('\u{ff}'))],
-        );
-        check(
-            b"*2\r\n$3\r\nGET\r\n:1\r\n",
-            &[err(ParseError::ExpectedDollar(':'))],
-        );
+        check(b"*1\r\n\xffx\r\n", &[err(ParseError::ExpectedDollar('\u{ff}'))]);
+        check(b"*2\r\n$3\r\nGET\r\n:1\r\n", &[err(ParseError::ExpectedDollar(':'))]);
         // No CR yet: waits (Redis replies nothing).
         check(b"*1\r\nfoo", &[More]);
     }
@@ -717,11 +672,7 @@ mod tests {
     fn errors_come_after_earlier_requests() {
         check(
             b"PING\r\n*1\r\n$4\r\nPING\r\n*1\r\n$x\r\nPING\r\n",
-            &[
-                req(&["PING"]),
-                req(&["PING"]),
-                err(ParseError::InvalidBulkLength),
-            ],
+            &[req(&["PING"]), req(&["PING"]), err(ParseError::InvalidBulkLength)],
         );
     }
 
@@ -740,10 +691,7 @@ mod tests {
         check(b"ECHO a\rb\r\n", &[req(&["ECHO", "a", "b"]), More]);
         check(b"ECHO a\r\r\n", &[req(&["ECHO", "a"]), More]);
         // Vertical tab / form feed: skipped before a token, part of it inside.
-        check(
-            b"\x0bECHO a\x0bb\x0c\r\n",
-            &[breq(&[b"ECHO", b"a\x0bb\x0c"]), More],
-        );
+        check(b"\x0bECHO a\x0bb\x0c\r\n", &[breq(&[b"ECHO", b"a\x0bb\x0c"]), More]);
         // A RESP3 type byte starts an inline command named after the line.
         check(b"%1\r\n", &[req(&["%1"]), More]);
         check(b"~2\r\n", &[req(&["~2"]), More]);
@@ -758,10 +706,7 @@ mod tests {
     #[test]
     fn inline_quoting() {
         check(br#"SET "a b" 'c d'"#, &[More]);
-        check(
-            b"SET \"a b\" 'c d'\r\n",
-            &[req(&["SET", "a b", "c d"]), More],
-        );
+        check(b"SET \"a b\" 'c d'\r\n", &[req(&["SET", "a b", "c d"]), More]);
         check(
             b"ECHO \"\\n\\r\\t\\b\\a\\\\\\\"\\x41\\xfF\\q\\x4\\xzz\"\r\n",
             &[breq(&[b"ECHO", b"\n\r\t\x08\x07\\\"A\xffqx4xzz"]), More],
@@ -841,46 +786,19 @@ mod tests {
             v
         };
         check(&long(b"", 70_000, b""), &[err(ParseError::InlineTooBig)]);
-        check(
-            &long(b"", 70_000, b"\r\n"),
-            &[err(ParseError::InlineTooBig)],
-        );
-        check(
-            &long(b"*", 70_000, b""),
-            &[err(ParseError::MultibulkCountTooBig)],
-        );
-        check(
-            &long(b"*", 70_000, b"\r\n"),
-            &[err(ParseError::MultibulkCountTooBig)],
-        );
-        check(
-            &long(b"*1\r\n$", 70_000, b""),
-            &[err(ParseError::BulkCountTooBig)],
-        );
-        check(
-            &long(b"*1\r\nx", 70_000, b""),
-            &[err(ParseError::BulkCountTooBig)],
-        );
+        check(&long(b"", 70_000, b"\r\n"), &[err(ParseError::InlineTooBig)]);
+        check(&long(b"*", 70_000, b""), &[err(ParseError::MultibulkCountTooBig)]);
+        check(&long(b"*", 70_000, b"\r\n"), &[err(ParseError::MultibulkCountTooBig)]);
+        check(&long(b"*1\r\n$", 70_000, b""), &[err(ParseError::BulkCountTooBig)]);
+        check(&long(b"*1\r\nx", 70_000, b""), &[err(ParseError::BulkCountTooBig)]);
         // The limit counts every byte before the LF, a CR included (Redis counts the bytes
         // buffered while the LF is missing).
         let at_limit = long(b"", 64 * 1024, b"\n");
-        check(
-            &at_limit,
-            &[Out::Req(vec![at_limit[..64 * 1024].to_vec()]), More],
-        );
+        check(&at_limit, &[Out::Req(vec![at_limit[..64 * 1024].to_vec()]), More]);
         let at_limit = long(b"", 64 * 1024 - 1, b"\r\n");
-        check(
-            &at_limit,
-            &[Out::Req(vec![at_limit[..64 * 1024 - 1].to_vec()]), More],
-        );
-        check(
-            &long(b"", 64 * 1024, b"\r\n"),
-            &[err(ParseError::InlineTooBig)],
-        );
-        check(
-            &long(b"", 64 * 1024 + 1, b"\n"),
-            &[err(ParseError::InlineTooBig)],
-        );
+        check(&at_limit, &[Out::Req(vec![at_limit[..64 * 1024 - 1].to_vec()]), More]);
+        check(&long(b"", 64 * 1024, b"\r\n"), &[err(ParseError::InlineTooBig)]);
+        check(&long(b"", 64 * 1024 + 1, b"\n"), &[err(ParseError::InlineTooBig)]);
         // A 64 KiB count line of digits has a valid length, but not a valid count.
         check(
             &long(b"*", 64 * 1024 - 1, b"\r\n"),
@@ -891,16 +809,12 @@ mod tests {
     #[test]
     fn big_bulk() {
         let payload = vec![b'v'; 100_000];
-        let mut input =
-            format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", payload.len()).into_bytes();
+        let mut input = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", payload.len()).into_bytes();
         input.extend_from_slice(&payload);
         input.extend_from_slice(b"\r\n");
         let want = [breq(&[b"SET", b"k", &payload]), More];
         check(&input, &want);
-        assert_eq!(
-            run_split(ParseLimits::default(), &input, &[30, 5000, 99_000]),
-            want
-        );
+        assert_eq!(run_split(ParseLimits::default(), &input, &[30, 5000, 99_000]), want);
     }
 
     #[test]
@@ -964,29 +878,13 @@ mod tests {
             b"*2\r\n$3\r\nfoo\r\n$3\r\nbar\r\n",
             &[req(&["foo", "bar"]), More],
         );
-        check_with(
-            limits,
-            b"*3\r\n",
-            &[err(ParseError::InvalidMultibulkLength)],
-        );
-        check_with(
-            limits,
-            b"*1\r\n$4\r\n",
-            &[err(ParseError::InvalidBulkLength)],
-        );
+        check_with(limits, b"*3\r\n", &[err(ParseError::InvalidMultibulkLength)]);
+        check_with(limits, b"*1\r\n$4\r\n", &[err(ParseError::InvalidBulkLength)]);
         check_with(limits, b"1234567\r\n", &[req(&["1234567"]), More]);
         check_with(limits, b"12345678\n", &[req(&["12345678"]), More]);
         check_with(limits, b"12345678\r\n", &[err(ParseError::InlineTooBig)]);
-        check_with(
-            limits,
-            b"*1234567\r\n",
-            &[err(ParseError::InvalidMultibulkLength)],
-        );
-        check_with(
-            limits,
-            b"*12345678\r\n",
-            &[err(ParseError::MultibulkCountTooBig)],
-        );
+        check_with(limits, b"*1234567\r\n", &[err(ParseError::InvalidMultibulkLength)]);
+        check_with(limits, b"*12345678\r\n", &[err(ParseError::MultibulkCountTooBig)]);
     }
 
     #[test]
@@ -1000,10 +898,7 @@ mod tests {
         let mut other = Vec::new();
         buf.extend_from_slice(b"\r\n");
         assert_eq!(parser.next(&mut buf, &mut other), Ok(true));
-        assert_eq!(
-            other,
-            vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]
-        );
+        assert_eq!(other, vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]);
         assert!(buf.is_empty());
     }
 
@@ -1061,12 +956,9 @@ mod tests {
 
     fn plain_ok(arg: &[u8]) -> bool {
         !arg.is_empty()
-            && arg.iter().all(|&b| {
-                !matches!(
-                    b,
-                    b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | 0 | b'"' | b'\''
-                )
-            })
+            && arg
+                .iter()
+                .all(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | 0 | b'"' | b'\''))
     }
 
     /// Writes `args` as an inline line, picking a quoting style per argument.
@@ -1074,9 +966,7 @@ mod tests {
         let mut out = Vec::new();
         let mut pick = seed;
         for (i, arg) in args.iter().enumerate() {
-            pick = pick
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            pick = pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let choice = (pick >> 33) % 3;
             if i > 0 || choice == 0 {
                 out.push(if pick & 1 == 0 { b' ' } else { b'\t' });
@@ -1087,11 +977,7 @@ mod tests {
             let starts_star = i == 0 && arg.first() == Some(&b'*');
             if choice == 0 && plain_ok(arg) && !starts_star {
                 out.extend_from_slice(arg);
-            } else if choice == 1
-                && !arg.contains(&b'\n')
-                && !arg.contains(&0)
-                && arg.last() != Some(&b'\\')
-            {
+            } else if choice == 1 && !arg.contains(&b'\n') && !arg.contains(&0) && arg.last() != Some(&b'\\') {
                 out.push(b'\'');
                 for &b in arg {
                     if b == b'\'' {
@@ -1112,9 +998,7 @@ mod tests {
                         b'\t' => out.extend_from_slice(b"\\t"),
                         0x07 => out.extend_from_slice(b"\\a"),
                         0x08 => out.extend_from_slice(b"\\b"),
-                        b if !(0x20..0x7f).contains(&b) => {
-                            out.extend_from_slice(format!("\\x{b:02x}").as_bytes())
-                        }
+                        b if !(0x20..0x7f).contains(&b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
                         b => out.push(b),
                     }
                 }

@@ -153,14 +153,7 @@ pub fn type_(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) 
 /// EXPIRE key seconds [NX | XX | GT | LT]
 pub fn expire(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) {
     let now = now_i64(ctx.now_ms);
-    expire_generic(
-        ctx,
-        args,
-        enc,
-        now,
-        true,
-        "ERR invalid expire time in 'expire' command",
-    );
+    expire_generic(ctx, args, enc, now, true, "ERR invalid expire time in 'expire' command");
 }
 
 /// PEXPIRE key milliseconds [NX | XX | GT | LT]
@@ -178,14 +171,7 @@ pub fn pexpire(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>
 
 /// EXPIREAT key unix-time-seconds [NX | XX | GT | LT]
 pub fn expireat(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) {
-    expire_generic(
-        ctx,
-        args,
-        enc,
-        0,
-        true,
-        "ERR invalid expire time in 'expireat' command",
-    );
+    expire_generic(ctx, args, enc, 0, true, "ERR invalid expire time in 'expireat' command");
 }
 
 /// PEXPIREAT key unix-time-milliseconds [NX | XX | GT | LT]
@@ -227,10 +213,7 @@ fn parse_expire_flags(opts: &[Bytes]) -> Result<ExpireFlags, String> {
         } else {
             // Redis formats the option as a C string: it ends at the first NUL.
             let text = opt.split(|&b| b == 0).next().unwrap_or_default();
-            return Err(format!(
-                "ERR Unsupported option {}",
-                String::from_utf8_lossy(text)
-            ));
+            return Err(format!("ERR Unsupported option {}", String::from_utf8_lossy(text)));
         }
     }
     if f.nx && (f.xx || f.gt || f.lt) {
@@ -322,13 +305,7 @@ pub fn pexpiretime(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder
 }
 
 /// Redis's `ttlGenericCommand`.
-fn ttl_generic(
-    ctx: &mut ExecCtx<'_>,
-    args: &[Bytes],
-    enc: &mut ReplyEncoder<'_>,
-    output_ms: bool,
-    output_abs: bool,
-) {
+fn ttl_generic(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>, output_ms: bool, output_abs: bool) {
     let Some(info) = ctx.keyspace.info(ctx.db, &args[1], ctx.now_ms) else {
         enc.integer(-2);
         return;
@@ -344,12 +321,7 @@ fn ttl_generic(
 /// `(ttl + 500) / 1000` in C; done here in i128 so it cannot overflow.
 fn ttl_reply(at: u64, now_ms: u64, output_ms: bool, output_abs: bool) -> i64 {
     let at = i128::from(at);
-    let ttl = if output_abs {
-        at
-    } else {
-        at - i128::from(now_ms)
-    }
-    .max(0);
+    let ttl = if output_abs { at } else { at - i128::from(now_ms) }.max(0);
     let v = if output_ms { ttl } else { (ttl + 500) / 1000 };
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -415,9 +387,7 @@ impl ObjectSub {
             (b"idletime", ObjectSub::IdleTime),
             (b"refcount", ObjectSub::RefCount),
         ];
-        subs.iter()
-            .find(|(n, _)| name.eq_ignore_ascii_case(n))
-            .map(|&(_, s)| s)
+        subs.iter().find(|(n, _)| name.eq_ignore_ascii_case(n)).map(|&(_, s)| s)
     }
 
     fn full_name(self) -> &'static str {
@@ -487,10 +457,7 @@ pub fn object(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>)
         ObjectSub::RefCount => {
             let config = ctx.keyspace.config();
             let shared_allowed = config.maxmemory_bytes == 0
-                || !matches!(
-                    config.policy,
-                    EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru
-                );
+                || !matches!(config.policy, EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru);
             match ctx.keyspace.peek(db, key, now) {
                 Some(v) => enc.integer(refcount(v, shared_allowed)),
                 None => enc.null(),
@@ -592,10 +559,7 @@ mod tests {
             flags(&["nx", "xx", "Foo"]),
             Err("ERR Unsupported option Foo".to_string())
         );
-        assert_eq!(
-            flags(&["a b", "c"]),
-            Err("ERR Unsupported option a b".to_string())
-        );
+        assert_eq!(flags(&["a b", "c"]), Err("ERR Unsupported option a b".to_string()));
     }
 
     #[test]
@@ -608,20 +572,14 @@ mod tests {
         assert_eq!(h.expire_at("k"), Some(NOW + 10));
         assert_eq!(h.run(expireat, &["expireat", "k", "1800000000"]), ":1\r\n");
         assert_eq!(h.expire_at("k"), Some(1_800_000_000_000));
-        assert_eq!(
-            h.run(pexpireat, &["pexpireat", "k", "1800000000001"]),
-            ":1\r\n"
-        );
+        assert_eq!(h.run(pexpireat, &["pexpireat", "k", "1800000000001"]), ":1\r\n");
         assert_eq!(h.expire_at("k"), Some(1_800_000_000_001));
         // Options are checked before the time, which is checked before the key.
         assert_eq!(
             h.run(expire, &["expire", "nokey", "abc", "foo"]),
             err("ERR Unsupported option foo")
         );
-        assert_eq!(
-            h.run(expire, &["expire", "nokey", "abc"]),
-            err(ERR_NOT_INTEGER)
-        );
+        assert_eq!(h.run(expire, &["expire", "nokey", "abc"]), err(ERR_NOT_INTEGER));
         assert_eq!(
             h.run(expire, &["expire", "k", "10", "nx", "xx"]),
             err("ERR NX and XX, GT or LT options at the same time are not compatible")
@@ -632,14 +590,8 @@ mod tests {
         );
         // Overflow.
         let invalid = |cmd: &str| err(&format!("ERR invalid expire time in '{cmd}' command"));
-        assert_eq!(
-            h.run(expire, &["expire", "k", "9223372036854776"]),
-            invalid("expire")
-        );
-        assert_eq!(
-            h.run(expire, &["expire", "k", "-9223372036854776"]),
-            invalid("expire")
-        );
+        assert_eq!(h.run(expire, &["expire", "k", "9223372036854776"]), invalid("expire"));
+        assert_eq!(h.run(expire, &["expire", "k", "-9223372036854776"]), invalid("expire"));
         assert_eq!(
             h.run(pexpire, &["pexpire", "k", "9223372036854775807"]),
             invalid("pexpire")
@@ -649,16 +601,10 @@ mod tests {
             invalid("expireat")
         );
         assert_eq!(h.expire_at("k"), Some(1_800_000_000_001));
-        assert_eq!(
-            h.run(pexpireat, &["pexpireat", "k", "9223372036854775807"]),
-            ":1\r\n"
-        );
+        assert_eq!(h.run(pexpireat, &["pexpireat", "k", "9223372036854775807"]), ":1\r\n");
         assert_eq!(h.expire_at("k"), Some(i64::MAX as u64));
         // A time in the past deletes the key and replies 1.
-        assert_eq!(
-            h.run(expire, &["expire", "k", "-9223372036854775"]),
-            ":1\r\n"
-        );
+        assert_eq!(h.run(expire, &["expire", "k", "-9223372036854775"]), ":1\r\n");
         assert_eq!(h.value("k"), None);
         assert_eq!(h.run(expire, &["expire", "k", "-1"]), ":0\r\n");
         h.run(set, &["set", "k", "v"]);
@@ -689,12 +635,7 @@ mod tests {
     #[test]
     fn ttl_family() {
         let mut h = setup();
-        for f in [
-            ttl as crate::commands::KeyedFn,
-            pttl,
-            expiretime,
-            pexpiretime,
-        ] {
+        for f in [ttl as crate::commands::KeyedFn, pttl, expiretime, pexpiretime] {
             assert_eq!(h.run(f, &["x", "nokey"]), ":-2\r\n");
             assert_eq!(h.run(f, &["x", "k"]), ":-1\r\n");
         }
@@ -704,19 +645,13 @@ mod tests {
         h.run(pexpire, &["pexpire", "k", "10500"]);
         assert_eq!(h.run(ttl, &["ttl", "k"]), ":11\r\n");
         let at = NOW + 10_500;
-        assert_eq!(
-            h.run(pexpiretime, &["pexpiretime", "k"]),
-            format!(":{at}\r\n")
-        );
+        assert_eq!(h.run(pexpiretime, &["pexpiretime", "k"]), format!(":{at}\r\n"));
         assert_eq!(
             h.run(expiretime, &["expiretime", "k"]),
             format!(":{}\r\n", (at + 500) / 1000)
         );
         h.run(pexpireat, &["pexpireat", "k", "9223372036854775807"]);
-        assert_eq!(
-            h.run(expiretime, &["expiretime", "k"]),
-            ":9223372036854776\r\n"
-        );
+        assert_eq!(h.run(expiretime, &["expiretime", "k"]), ":9223372036854776\r\n");
         assert_eq!(ttl_reply(NOW - 1, NOW, true, false), 0);
         assert_eq!(ttl_reply(u64::MAX, 0, true, true), i64::MAX);
     }
@@ -746,11 +681,7 @@ mod tests {
         ];
         for (value, want) in encodings {
             h.run(set, &["set", "e", value]);
-            assert_eq!(
-                h.run(object, &["object", "encoding", "e"]),
-                bulk(want),
-                "{value}"
-            );
+            assert_eq!(h.run(object, &["object", "encoding", "e"]), bulk(want), "{value}");
         }
         h.run(set, &["set", "e", &"a".repeat(44)]);
         assert_eq!(h.run(object, &["object", "ENCODING", "e"]), bulk("embstr"));
@@ -766,10 +697,7 @@ mod tests {
             ("a", 1),
         ] {
             h.run(set, &["set", "r", value]);
-            assert_eq!(
-                h.run(object, &["object", "refcount", "r"]),
-                format!(":{want}\r\n")
-            );
+            assert_eq!(h.run(object, &["object", "refcount", "r"]), format!(":{want}\r\n"));
         }
         assert_eq!(refcount(b"5", false), 1);
         assert_eq!(h.run(object, &["object", "refcount", "nokey"]), NIL);
@@ -792,10 +720,7 @@ mod tests {
         let long = format!("FOO{}", "a".repeat(200));
         assert_eq!(
             h.run(object, &["object", &long]),
-            err(&format!(
-                "ERR unknown subcommand '{}'. Try OBJECT HELP.",
-                &long[..128]
-            ))
+            err(&format!("ERR unknown subcommand '{}'. Try OBJECT HELP.", &long[..128]))
         );
         assert_eq!(
             h.run(object, &["object", "encoding"]),
@@ -826,14 +751,8 @@ mod tests {
             h.run(move_, &["move", "k", "0"]),
             err("ERR source and destination objects are the same")
         );
-        assert_eq!(
-            h.run(move_, &["move", "k", "16"]),
-            err("ERR DB index is out of range")
-        );
-        assert_eq!(
-            h.run(move_, &["move", "k", "-1"]),
-            err("ERR DB index is out of range")
-        );
+        assert_eq!(h.run(move_, &["move", "k", "16"]), err("ERR DB index is out of range"));
+        assert_eq!(h.run(move_, &["move", "k", "-1"]), err("ERR DB index is out of range"));
         assert_eq!(h.run(move_, &["move", "k", "abc"]), err(ERR_NOT_INTEGER));
         assert_eq!(
             h.run(move_, &["move", "k", "99999999999"]),

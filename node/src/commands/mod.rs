@@ -74,26 +74,18 @@ impl CommandSpec {
 
 /// Every command corekv knows.
 pub fn all() -> impl Iterator<Item = &'static CommandSpec> {
-    strings::SPECS
-        .iter()
-        .chain(keys::SPECS)
-        .chain(crate::coord::SPECS)
+    strings::SPECS.iter().chain(keys::SPECS).chain(crate::coord::SPECS)
 }
 
 /// Longest command name corekv knows, for the case-folding buffer of [`lookup`].
 const MAX_NAME_LEN: usize = 32;
 
 fn table() -> &'static ahash::HashMap<&'static [u8], &'static CommandSpec> {
-    static TABLE: std::sync::OnceLock<ahash::HashMap<&'static [u8], &'static CommandSpec>> =
-        std::sync::OnceLock::new();
+    static TABLE: std::sync::OnceLock<ahash::HashMap<&'static [u8], &'static CommandSpec>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut map = ahash::HashMap::default();
         for spec in all() {
-            assert!(
-                spec.name.len() <= MAX_NAME_LEN,
-                "command name too long: {}",
-                spec.name
-            );
+            assert!(spec.name.len() <= MAX_NAME_LEN, "command name too long: {}", spec.name);
             assert!(
                 spec.name.bytes().all(|b| !b.is_ascii_uppercase()),
                 "{} is not lower-case",

@@ -30,14 +30,7 @@ pub(crate) const PROTO_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
 const SCRATCH_KEEP: usize = 1 << 20;
 
 pub const SPECS: &[CommandSpec] = &[
-    spec(
-        "get",
-        2,
-        &["readonly", "fast"],
-        "Get the value of a key",
-        "1.0.0",
-        get,
-    ),
+    spec("get", 2, &["readonly", "fast"], "Get the value of a key", "1.0.0", get),
     spec(
         "set",
         -3,
@@ -305,11 +298,7 @@ struct StringOptions<'a> {
 }
 
 /// Parses `args[start..]`; `Err(())` means "ERR syntax error".
-fn parse_string_options(
-    args: &[Bytes],
-    start: usize,
-    for_set: bool,
-) -> Result<StringOptions<'_>, ()> {
+fn parse_string_options(args: &[Bytes], start: usize, for_set: bool) -> Result<StringOptions<'_>, ()> {
     let mut o = StringOptions::default();
     let mut j = start;
     while j < args.len() {
@@ -591,9 +580,7 @@ pub fn getex(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) 
     let expire_at = match opts.expire {
         Some((kind, arg)) => match expire_at_ms(kind, arg, now) {
             Ok(at) => Some(at),
-            Err(e) => {
-                return reply_expire_error(e, "ERR invalid expire time in 'getex' command", enc)
-            }
+            Err(e) => return reply_expire_error(e, "ERR invalid expire time in 'getex' command", enc),
         },
         None => None,
     };
@@ -617,9 +604,7 @@ pub fn append(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>)
     let scratch = &mut *ctx.scratch;
     let (key, tail) = (&args[1][..], &args[2][..]);
     let result = match keyspace.peek(db, key, now) {
-        None => keyspace
-            .set(db, key, tail, Expiry::Persist, now)
-            .map(|()| tail.len()),
+        None => keyspace.set(db, key, tail, Expiry::Persist, now).map(|()| tail.len()),
         Some(old) => {
             if !string_length_ok(old.len() as u64, tail.len() as u64) {
                 enc.error(ERR_TOO_LONG);
@@ -643,10 +628,7 @@ pub fn append(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>)
 
 /// STRLEN key
 pub fn strlen(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) {
-    let len = ctx
-        .keyspace
-        .get(ctx.db, &args[1], ctx.now_ms)
-        .map_or(0, <[u8]>::len);
+    let len = ctx.keyspace.get(ctx.db, &args[1], ctx.now_ms).map_or(0, <[u8]>::len);
     enc.integer(len as i64);
 }
 
@@ -789,10 +771,7 @@ fn incr_decr(ctx: &mut ExecCtx<'_>, key: &[u8], by: i64, enc: &mut ReplyEncoder<
         return;
     };
     let mut buf = [0u8; 20];
-    match ctx
-        .keyspace
-        .set(db, key, format_i64(value, &mut buf), expiry, now)
-    {
+    match ctx.keyspace.set(db, key, format_i64(value, &mut buf), expiry, now) {
         Ok(()) => enc.integer(value),
         Err(e) => reply_engine_error(&e, enc),
     }
@@ -998,8 +977,7 @@ pub(crate) mod long_double {
         let mut mant: u128 = if shift <= 0 {
             sig << (-shift)
         } else if shift >= 128 {
-            let above_half =
-                shift == 128 && (sig > 1u128 << 127 || (sig == 1u128 << 127 && sticky));
+            let above_half = shift == 128 && (sig > 1u128 << 127 || (sig == 1u128 << 127 && sticky));
             u128::from(above_half)
         } else {
             let kept = sig >> shift;
@@ -1056,11 +1034,7 @@ pub(crate) mod long_double {
 
     /// Splits `mantissa[.fraction][<marker>[+-]digits]`, returning (integer digits, fraction
     /// digits, exponent saturated to ±10^9), or None if that is not the whole input.
-    fn split_number(
-        s: &[u8],
-        is_digit: fn(&u8) -> bool,
-        marker: u8,
-    ) -> Option<(&[u8], &[u8], i64)> {
+    fn split_number(s: &[u8], is_digit: fn(&u8) -> bool, marker: u8) -> Option<(&[u8], &[u8], i64)> {
         let int_len = s.iter().take_while(|c| is_digit(c)).count();
         let (int_digits, mut rest) = s.split_at(int_len);
         let mut frac_digits: &[u8] = &[];
@@ -1278,34 +1252,23 @@ pub(crate) mod long_double {
 
         fn shr1(&mut self) {
             for i in 0..self.len {
-                let hi = if i + 1 < self.len {
-                    self.w[i + 1] << 31
-                } else {
-                    0
-                };
+                let hi = if i + 1 < self.len { self.w[i + 1] << 31 } else { 0 };
                 self.w[i] = (self.w[i] >> 1) | hi;
             }
             self.trim();
         }
 
         fn cmp(&self, other: &Big) -> Ordering {
-            self.len.cmp(&other.len).then_with(|| {
-                self.w[..self.len]
-                    .iter()
-                    .rev()
-                    .cmp(other.w[..other.len].iter().rev())
-            })
+            self.len
+                .cmp(&other.len)
+                .then_with(|| self.w[..self.len].iter().rev().cmp(other.w[..other.len].iter().rev()))
         }
 
         /// self -= other (requires self ≥ other)
         fn sub(&mut self, other: &Big) {
             let mut borrow = 0i64;
             for i in 0..self.len {
-                let o = if i < other.len {
-                    i64::from(other.w[i])
-                } else {
-                    0
-                };
+                let o = if i < other.len { i64::from(other.w[i]) } else { 0 };
                 let mut v = i64::from(self.w[i]) - o - borrow;
                 borrow = 0;
                 if v < 0 {
@@ -1323,8 +1286,8 @@ pub(crate) mod long_double {
             let (shift, sticky) = if bits > 128 {
                 let shift = bits - 128;
                 let words = shift / 32;
-                let below = self.w[..words].iter().any(|&w| w != 0)
-                    || self.w[words] & ((1u32 << (shift % 32)) - 1) != 0;
+                let below =
+                    self.w[..words].iter().any(|&w| w != 0) || self.w[words] & ((1u32 << (shift % 32)) - 1) != 0;
                 (shift, below)
             } else {
                 (0, false)
@@ -1496,11 +1459,7 @@ mod tests {
         let mut failures = 0;
         for line in text.lines() {
             let mut parts = line.split('\t');
-            let (a, b, want) = (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            );
+            let (a, b, want) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
             let want = want
                 .strip_prefix('$')
                 .or_else(|| want.strip_prefix('-'))
@@ -1605,16 +1564,8 @@ mod tests {
             ("0", "1.9e-4951", "0"),
             ("0e-99999", "1", "1"),
             ("0", "0e99999999999999", "0"),
-            (
-                "9952636.50898359992606856",
-                "-0.3",
-                "9952636.20898359992588667",
-            ),
-            (
-                "9952637.9090135999258564",
-                "-99.99",
-                "9952537.91901359992607468",
-            ),
+            ("9952636.50898359992606856", "-0.3", "9952636.20898359992588667"),
+            ("9952637.9090135999258564", "-99.99", "9952537.91901359992607468"),
             (
                 "-672603.4057000517",
                 "-8.07049996228303883685957e-544",
@@ -1653,9 +1604,7 @@ mod tests {
             assert_eq!(incrbyfloat_text(a, b), want, "{a} + {b}");
         }
         // 1e400 is finite in extended precision; its %.17Lf starts like this.
-        assert!(
-            incrbyfloat_text("1e400", "0").starts_with("10000000000000000000281880683947586514586")
-        );
+        assert!(incrbyfloat_text("1e400", "0").starts_with("10000000000000000000281880683947586514586"));
         assert_eq!(incrbyfloat_text("1e400", "0").len(), 401);
         // Inputs of 5 KiB or more are refused whatever they hold.
         let long = format!("1.{}", "0".repeat(5118));
@@ -1669,9 +1618,7 @@ mod tests {
     fn long_double_extreme_inputs_are_bounded() {
         // The largest divisor a 5 KiB input can need, and the largest values.
         let tiny = format!("{}e-4950", "9".repeat(5100));
-        assert!(
-            incrbyfloat_text(&tiny, "0").starts_with("1000000000000000000000289098200446899979")
-        );
+        assert!(incrbyfloat_text(&tiny, "0").starts_with("1000000000000000000000289098200446899979"));
         let tiny = format!("0.{}1", "0".repeat(5000));
         assert!(long_double::parse(tiny.as_bytes()).is_none());
         let max = "1.18973149535723176502e4932";
@@ -1745,10 +1692,7 @@ mod tests {
             expire_at_ms(ExAt, b"9223372036854775", now),
             Ok(9_223_372_036_854_775_000)
         );
-        assert_eq!(
-            expire_at_ms(PxAt, b"9223372036854775807", now),
-            Ok(i64::MAX as u64)
-        );
+        assert_eq!(expire_at_ms(PxAt, b"9223372036854775807", now), Ok(i64::MAX as u64));
         assert_eq!(expire_at_ms(Ex, b"abc", now), Err(NotInteger));
         assert_eq!(expire_at_ms(Ex, b"+1", now), Err(NotInteger));
     }
@@ -1825,22 +1769,13 @@ mod tests {
         assert_eq!(h.value("k").as_deref(), Some(&b"v3"[..]));
         assert_eq!(h.run(set, &["set", "k", "v4", "ifeq", "v3"]), OK);
         assert_eq!(h.value("k").as_deref(), Some(&b"v4"[..]));
-        assert_eq!(
-            h.run(set, &["set", "k", "v5", "ifeq", "v4", "get"]),
-            bulk("v4")
-        );
-        assert_eq!(
-            h.run(set, &["set", "k", "v6", "ifeq", "v4", "get"]),
-            bulk("v5")
-        );
+        assert_eq!(h.run(set, &["set", "k", "v5", "ifeq", "v4", "get"]), bulk("v4"));
+        assert_eq!(h.run(set, &["set", "k", "v6", "ifeq", "v4", "get"]), bulk("v5"));
         assert_eq!(h.value("k").as_deref(), Some(&b"v5"[..]));
         assert_eq!(h.run(set, &["set", "x", "v", "ifeq", "v"]), NIL);
         assert_eq!(h.run(set, &["set", "x", "v", "ifeq", "v", "get"]), NIL);
         assert_eq!(h.value("x"), None);
-        assert_eq!(
-            h.run(set, &["set", "k", "v", "ifeq", "v5", "nx"]),
-            err(ERR_SYNTAX)
-        );
+        assert_eq!(h.run(set, &["set", "k", "v", "ifeq", "v5", "nx"]), err(ERR_SYNTAX));
         assert_eq!(h.run(set, &["set", "k", "v", "nx", "xx"]), err(ERR_SYNTAX));
         assert_eq!(h.run(set, &["set", "k", "v", "foo"]), err(ERR_SYNTAX));
         h.protocol = Protocol::Resp3;
@@ -1853,18 +1788,9 @@ mod tests {
         let invalid = err("ERR invalid expire time in 'set' command");
         assert_eq!(h.run(set, &["set", "k", "v", "ex", "0"]), invalid);
         assert_eq!(h.run(set, &["set", "k", "v", "px", "-5"]), invalid);
-        assert_eq!(
-            h.run(set, &["set", "k", "v", "ex", "9223372036854776"]),
-            invalid
-        );
-        assert_eq!(
-            h.run(set, &["set", "k", "v", "px", "9223372036854775807"]),
-            invalid
-        );
-        assert_eq!(
-            h.run(set, &["set", "k", "v", "ex", "1x"]),
-            err(ERR_NOT_INTEGER)
-        );
+        assert_eq!(h.run(set, &["set", "k", "v", "ex", "9223372036854776"]), invalid);
+        assert_eq!(h.run(set, &["set", "k", "v", "px", "9223372036854775807"]), invalid);
+        assert_eq!(h.run(set, &["set", "k", "v", "ex", "1x"]), err(ERR_NOT_INTEGER));
         assert_eq!(h.value("k"), None);
         assert_eq!(h.run(set, &["set", "k", "v", "ex", "10"]), OK);
         assert_eq!(h.expire_at("k"), Some(NOW + 10_000));
@@ -1903,10 +1829,7 @@ mod tests {
             h.run(psetex, &["psetex", "k", "-1", "v"]),
             err("ERR invalid expire time in 'psetex' command")
         );
-        assert_eq!(
-            h.run(setex, &["setex", "k", "abc", "v"]),
-            err(ERR_NOT_INTEGER)
-        );
+        assert_eq!(h.run(setex, &["setex", "k", "abc", "v"]), err(ERR_NOT_INTEGER));
         assert_eq!(h.value("k").as_deref(), Some(&b"d"[..]));
     }
 
@@ -1935,25 +1858,16 @@ mod tests {
             h.run(getex, &["getex", "k", "ex", "0"]),
             err("ERR invalid expire time in 'getex' command")
         );
-        assert_eq!(
-            h.run(getex, &["getex", "k", "px", "x"]),
-            err(ERR_NOT_INTEGER)
-        );
+        assert_eq!(h.run(getex, &["getex", "k", "px", "x"]), err(ERR_NOT_INTEGER));
         assert_eq!(h.run(getex, &["getex", "k"]), bulk("v"));
         assert_eq!(h.expire_at("k"), None);
         assert_eq!(h.run(getex, &["getex", "k", "ex", "10"]), bulk("v"));
         assert_eq!(h.expire_at("k"), Some(NOW + 10_000));
-        assert_eq!(
-            h.run(getex, &["getex", "k", "pxat", "1800000000000"]),
-            bulk("v")
-        );
+        assert_eq!(h.run(getex, &["getex", "k", "pxat", "1800000000000"]), bulk("v"));
         assert_eq!(h.expire_at("k"), Some(1_800_000_000_000));
         assert_eq!(h.run(getex, &["getex", "k", "persist"]), bulk("v"));
         assert_eq!(h.expire_at("k"), None);
-        assert_eq!(
-            h.run(getex, &["getex", "k", "persist", "ex", "1"]),
-            err(ERR_SYNTAX)
-        );
+        assert_eq!(h.run(getex, &["getex", "k", "persist", "ex", "1"]), err(ERR_SYNTAX));
         // A past absolute time deletes the key after replying its value.
         assert_eq!(h.run(getex, &["getex", "k", "exat", "1"]), bulk("v"));
         assert_eq!(h.value("k"), None);
@@ -1983,14 +1897,8 @@ mod tests {
         assert_eq!(h.run(getrange, &["getrange", "k", "-3", "-1"]), bulk("llo"));
         assert_eq!(h.run(getrange, &["getrange", "k", "10", "20"]), bulk(""));
         assert_eq!(h.run(substr, &["substr", "k", "1", "2"]), bulk("el"));
-        assert_eq!(
-            h.run(getrange, &["getrange", "k", "a", "1"]),
-            err(ERR_NOT_INTEGER)
-        );
-        assert_eq!(
-            h.run(getrange, &["getrange", "k", "01", "2"]),
-            err(ERR_NOT_INTEGER)
-        );
+        assert_eq!(h.run(getrange, &["getrange", "k", "a", "1"]), err(ERR_NOT_INTEGER));
+        assert_eq!(h.run(getrange, &["getrange", "k", "01", "2"]), err(ERR_NOT_INTEGER));
         h.protocol = Protocol::Resp3;
         assert_eq!(h.run(getrange, &["getrange", "nokey", "0", "1"]), bulk(""));
     }
@@ -1998,22 +1906,10 @@ mod tests {
     #[test]
     fn setrange_command() {
         let mut h = Harness::new();
-        assert_eq!(
-            h.run(setrange, &["setrange", "k", "-1", "x"]),
-            err(ERR_OFFSET)
-        );
-        assert_eq!(
-            h.run(setrange, &["setrange", "k", "x", "x"]),
-            err(ERR_NOT_INTEGER)
-        );
-        assert_eq!(
-            h.run(setrange, &["setrange", "k", "536870912", "x"]),
-            err(ERR_TOO_LONG)
-        );
-        assert_eq!(
-            h.run(setrange, &["setrange", "k", "536870912", ""]),
-            ":0\r\n"
-        );
+        assert_eq!(h.run(setrange, &["setrange", "k", "-1", "x"]), err(ERR_OFFSET));
+        assert_eq!(h.run(setrange, &["setrange", "k", "x", "x"]), err(ERR_NOT_INTEGER));
+        assert_eq!(h.run(setrange, &["setrange", "k", "536870912", "x"]), err(ERR_TOO_LONG));
+        assert_eq!(h.run(setrange, &["setrange", "k", "536870912", ""]), ":0\r\n");
         assert_eq!(h.run(setrange, &["setrange", "k", "5", ""]), ":0\r\n");
         assert_eq!(h.value("k"), None);
         assert_eq!(h.run(setrange, &["setrange", "k", "2", "ab"]), ":4\r\n");
@@ -2066,45 +1962,24 @@ mod tests {
     #[test]
     fn incrbyfloat_command() {
         let mut h = Harness::new();
-        assert_eq!(
-            h.run(incrbyfloat, &["incrbyfloat", "f", "10.5"]),
-            bulk("10.5")
-        );
-        assert_eq!(
-            h.run(incrbyfloat, &["incrbyfloat", "f", "0.1"]),
-            bulk("10.6")
-        );
+        assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "f", "10.5"]), bulk("10.5"));
+        assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "f", "0.1"]), bulk("10.6"));
         assert_eq!(h.value("f").as_deref(), Some(&b"10.6"[..]));
         assert_eq!(
             h.run(incrbyfloat, &["incrbyfloat", "f", "-5.0e3"]),
             bulk("-4989.39999999999999991")
         );
-        assert_eq!(
-            h.run(incrbyfloat, &["incrbyfloat", "f", "x"]),
-            err(ERR_NOT_FLOAT)
-        );
-        assert_eq!(
-            h.run(incrbyfloat, &["incrbyfloat", "f", "inf"]),
-            err(ERR_NAN_INF)
-        );
-        assert_eq!(
-            h.value("f").as_deref(),
-            Some(&b"-4989.39999999999999991"[..])
-        );
+        assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "f", "x"]), err(ERR_NOT_FLOAT));
+        assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "f", "inf"]), err(ERR_NAN_INF));
+        assert_eq!(h.value("f").as_deref(), Some(&b"-4989.39999999999999991"[..]));
         h.run(set, &["set", "f", "5", "ex", "100"]);
         assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "f", "1"]), bulk("6"));
         assert_eq!(h.expire_at("f"), Some(NOW + 100_000));
         h.run(set, &["set", "f", "abc"]);
-        assert_eq!(
-            h.run(incrbyfloat, &["incrbyfloat", "f", "1"]),
-            err(ERR_NOT_FLOAT)
-        );
+        assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "f", "1"]), err(ERR_NOT_FLOAT));
         // RESP3 still replies a bulk string, not a double.
         h.protocol = Protocol::Resp3;
-        assert_eq!(
-            h.run(incrbyfloat, &["incrbyfloat", "g", "3.0e3"]),
-            bulk("3000")
-        );
+        assert_eq!(h.run(incrbyfloat, &["incrbyfloat", "g", "3.0e3"]), bulk("3000"));
     }
 
     #[test]

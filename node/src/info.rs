@@ -194,6 +194,14 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
             line("keyspace_hits", &keyspace.keyspace_hits);
             line("keyspace_misses", &keyspace.keyspace_misses);
             line(
+                "cross_shard_messages",
+                &reports.iter().map(|r| r.forwarded_messages).sum::<u64>(),
+            );
+            line(
+                "cross_shard_commands",
+                &reports.iter().map(|r| r.forwarded_commands).sum::<u64>(),
+            );
+            line(
                 "expire_cycle_cpu_budget_exhausted",
                 &reports.iter().map(|r| r.expire_cycle_timeouts).sum::<u64>(),
             );

@@ -233,6 +233,8 @@ pub struct ShardReport {
     pub databases: Vec<(usize, usize)>,
     pub commands: CommandStats,
     pub expire_cycle_timeouts: u64,
+    pub forwarded_messages: u64,
+    pub forwarded_commands: u64,
 }
 
 /// One registered connection.
@@ -257,6 +259,10 @@ pub struct Shard {
     pub clients: RefCell<slab::Slab<ClientSlot>>,
     pub commands: RefCell<CommandStats>,
     pub expire_cycle_timeouts: std::cell::Cell<u64>,
+    /// Messages carrying keyed commands sent to other shards, and the commands they carried:
+    /// their ratio shows how well the outbox batches.
+    pub forwarded_messages: std::cell::Cell<u64>,
+    pub forwarded_commands: std::cell::Cell<u64>,
     sequencer: Sequencer,
 }
 
@@ -283,6 +289,8 @@ impl Shard {
             clients: RefCell::new(slab::Slab::new()),
             commands: RefCell::new(CommandStats::default()),
             expire_cycle_timeouts: std::cell::Cell::new(0),
+            forwarded_messages: std::cell::Cell::new(0),
+            forwarded_commands: std::cell::Cell::new(0),
             sequencer: Sequencer::default(),
         }
     }
@@ -345,6 +353,10 @@ impl Shard {
             .map(|(target, groups)| (target, std::mem::take(groups)))
             .collect();
         for (target, groups) in batches {
+            self.forwarded_messages.set(self.forwarded_messages.get() + 1);
+            let commands: usize = groups.iter().map(|g| g.commands.len()).sum();
+            self.forwarded_commands
+                .set(self.forwarded_commands.get() + commands as u64);
             let msg = ShardMsg::Batch {
                 origin: self.id,
                 groups,
@@ -540,11 +552,15 @@ impl Shard {
                     databases,
                     commands: self.commands.borrow().clone(),
                     expire_cycle_timeouts: self.expire_cycle_timeouts.get(),
+                    forwarded_messages: self.forwarded_messages.get(),
+                    forwarded_commands: self.forwarded_commands.get(),
                 }))
             }
             ShardCall::ResetStats => {
                 ks.reset_stats();
                 *self.commands.borrow_mut() = CommandStats::default();
+                self.forwarded_messages.set(0);
+                self.forwarded_commands.set(0);
                 CallReply::Done
             }
             ShardCall::SetLimits {

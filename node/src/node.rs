@@ -98,6 +98,7 @@ impl NodeShared {
 pub fn run(config: Config) -> Result<(), StartError> {
     prepare_data_dir(&config)?;
     let (listeners, port) = bind_listeners(&config)?;
+    warn_if_memlock_low(config.shards);
 
     // Shard threads inherit this mask, so SIGINT/SIGTERM reach only the main thread's sigwait.
     let mut signals = SigSet::empty();
@@ -188,6 +189,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// glommio registers about 10 MiB of I/O buffers per executor in locked memory; below that it
+/// silently falls back to slower unregistered buffers, so say so where an operator will see it.
+fn warn_if_memlock_low(shards: usize) {
+    const PER_SHARD_BYTES: u64 = 10 << 20;
+    if let Ok((soft, _hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK) {
+        let needed = PER_SHARD_BYTES * shards as u64;
+        if soft != nix::sys::resource::RLIM_INFINITY && soft < needed {
+            tracing::warn!(
+                "locked-memory limit is {} KiB, below the ~{} KiB the shards' registered I/O buffers need: \
+                 I/O runs on unregistered buffers (slower). Raise it with `ulimit -l` or LimitMEMLOCK= in systemd.",
+                soft / 1024,
+                needed / 1024
+            );
+        }
+    }
 }
 
 fn prepare_data_dir(config: &Config) -> Result<(), StartError> {

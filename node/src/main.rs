@@ -1,6 +1,8 @@
 //! corekv-node: the corekv server binary. Parses the configuration, starts the node, and turns
 //! start-up failures into one clear line on stderr and a non-zero exit.
 
+#[cfg(test)]
+mod alloc_count;
 mod client;
 mod commands;
 mod config;
@@ -12,6 +14,10 @@ mod shard;
 mod stats;
 
 use clap::Parser;
+
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc_count::CountingAllocator = alloc_count::CountingAllocator;
 
 fn main() {
     tracing_subscriber::fmt()

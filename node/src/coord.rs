@@ -1234,11 +1234,7 @@ async fn client(conn: &mut Connection, args: &[Bytes]) -> Flow {
                 "HELP",
                 "    Print this help.",
             ];
-            let mut enc = conn.encoder();
-            enc.array_len(lines.len());
-            for line in lines {
-                enc.simple(line);
-            }
+            commands::reply_help(&mut conn.encoder(), &lines);
         }
         _ => unreachable!("CLIENT {sub} passed the subcommand table"),
     }
@@ -1361,11 +1357,7 @@ fn command(conn: &mut Connection, args: &[Bytes]) {
                 "HELP",
                 "    Print this help.",
             ];
-            let mut enc = conn.encoder();
-            enc.array_len(lines.len());
-            for line in lines {
-                enc.simple(line);
-            }
+            commands::reply_help(&mut conn.encoder(), &lines);
         }
         Some(other) => unreachable!("COMMAND {other} passed the subcommand table"),
     }
@@ -1469,11 +1461,7 @@ async fn config(conn: &mut Connection, args: &[Bytes]) {
                 "HELP",
                 "    Print this help.",
             ];
-            let mut enc = conn.encoder();
-            enc.array_len(lines.len());
-            for line in lines {
-                enc.simple(line);
-            }
+            commands::reply_help(&mut conn.encoder(), &lines);
         }
         ("set", _) => conn
             .encoder()

@@ -114,27 +114,16 @@ pub const SPECS: &[CommandSpec] = &[
     ),
 ];
 
-/// A single-key command whose key is the first argument.
+/// A single-key command of this family whose key is the first argument.
 const fn spec(
     name: &'static str,
     arity: i32,
     flags: &'static [&'static str],
     summary: &'static str,
     since: &'static str,
-    f: super::KeyedFn,
+    run: super::KeyedFn,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: 1,
-        last_key: 1,
-        step: 1,
-        group: "generic",
-        summary,
-        since,
-        handler: Handler::Keyed(f),
-    }
+    CommandSpec::keyed(name, arity, flags, "generic", summary, since, run)
 }
 
 /// TYPE key: corekv only has strings.

@@ -62,6 +62,30 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
+    /// A command on one key, the first argument, run on that key's shard.
+    pub const fn keyed(
+        name: &'static str,
+        arity: i32,
+        flags: &'static [&'static str],
+        group: &'static str,
+        summary: &'static str,
+        since: &'static str,
+        run: KeyedFn,
+    ) -> CommandSpec {
+        CommandSpec {
+            name,
+            arity,
+            flags,
+            first_key: 1,
+            last_key: 1,
+            step: 1,
+            group,
+            summary,
+            since,
+            handler: Handler::Keyed(run),
+        }
+    }
+
     /// Whether `argc` arguments (including the name) satisfy the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
         if self.arity >= 0 {
@@ -75,6 +99,14 @@ impl CommandSpec {
 /// Every command corekv knows.
 pub fn all() -> impl Iterator<Item = &'static CommandSpec> {
     strings::SPECS.iter().chain(keys::SPECS).chain(crate::coord::SPECS)
+}
+
+/// Replies a HELP text: one simple string per line, as Redis does.
+pub fn reply_help(enc: &mut ReplyEncoder<'_>, lines: &[&str]) {
+    enc.array_len(lines.len());
+    for line in lines {
+        enc.simple(line);
+    }
 }
 
 /// Longest command name corekv knows, for the case-folding buffer of [`lookup`].

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use corekv_engine::{EngineError, Expiry};
 use corekv_net::resp::ReplyEncoder;
 
-use super::{CommandSpec, ExecCtx, Handler};
+use super::{CommandSpec, ExecCtx};
 
 pub(crate) const ERR_SYNTAX: &str = "ERR syntax error";
 pub(crate) const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
@@ -169,27 +169,16 @@ pub const SPECS: &[CommandSpec] = &[
     ),
 ];
 
-/// A single-key command whose key is the first argument.
+/// A single-key command of this family whose key is the first argument.
 const fn spec(
     name: &'static str,
     arity: i32,
     flags: &'static [&'static str],
     summary: &'static str,
     since: &'static str,
-    f: super::KeyedFn,
+    run: super::KeyedFn,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        flags,
-        first_key: 1,
-        last_key: 1,
-        step: 1,
-        group: "string",
-        summary,
-        since,
-        handler: Handler::Keyed(f),
-    }
+    CommandSpec::keyed(name, arity, flags, "string", summary, since, run)
 }
 
 // ---------------------------------------------------------------------------------------------

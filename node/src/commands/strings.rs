@@ -1974,7 +1974,7 @@ mod tests {
         for spec in SPECS {
             assert_eq!(spec.group, "string");
             assert_eq!((spec.first_key, spec.last_key, spec.step), (1, 1, 1));
-            assert!(matches!(spec.handler, Handler::Keyed(_)));
+            assert!(matches!(spec.handler, super::super::Handler::Keyed(_)));
             assert!(spec.flags.contains(&"readonly") != spec.flags.contains(&"write"));
         }
         let find = |n: &str| SPECS.iter().find(|s| s.name == n).unwrap();

@@ -201,6 +201,11 @@ impl Keyspace {
         self.mem.set_page_size(page_size_for(maxmemory_bytes));
     }
 
+    /// Keys sampled per eviction (CONFIG SET maxmemory-samples); at least 1.
+    pub fn set_eviction_samples(&mut self, samples: usize) {
+        self.config.eviction_samples = samples.max(1);
+    }
+
     pub fn databases(&self) -> usize {
         self.dbs.len()
     }

@@ -107,6 +107,7 @@ impl Connection {
                 Ok(n) => n,
             };
             self.rbuf.truncate(filled + n);
+            self.info.borrow_mut().last_interaction = std::time::Instant::now();
             self.read_chunk = if n == self.read_chunk {
                 (self.read_chunk * 2).min(READ_CHUNK_MAX)
             } else {

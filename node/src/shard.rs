@@ -569,7 +569,7 @@ impl Shard {
                 samples,
             } => {
                 ks.set_limits(maxmemory_bytes, policy);
-                let _ = samples;
+                ks.set_eviction_samples(samples);
                 CallReply::Done
             }
             ShardCall::ClientList { id_filter } => {

@@ -225,3 +225,51 @@ fn max_clients_limit() {
     });
     assert!(ok.is_some(), "no room after a client disconnected");
 }
+
+#[test]
+fn unusable_data_dir_fails_with_one_stderr_line() {
+    if corekv_only() {
+        return;
+    }
+    let dir = fresh_dir("datadir");
+    let file = dir.join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let f = match Node::try_start(&["--data-dir", file.to_str().unwrap()]) {
+        Ok(_) => panic!("started with a regular file as its data directory"),
+        Err(f) => f,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = f.status.expect("neither ready nor exited");
+    assert!(!status.success(), "exit status {status:?} should be non-zero");
+    let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{}", f.stderr);
+    assert!(lines[0].contains("data directory"), "{}", lines[0]);
+}
+
+#[test]
+fn config_file_settings_apply_and_flags_override_them() {
+    if corekv_only() {
+        return;
+    }
+    let dir = fresh_dir("cfgfile");
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        "databases = 4\nmaxmemory = \"64mb\"\nmaxmemory-policy = \"allkeys-lru\"\nmax-clients = 77\n",
+    )
+    .unwrap();
+    let node = Node::start(&["--config", path.to_str().unwrap(), "--databases", "5"]);
+    let mut c = node.client();
+    check(&mut c, "CONFIG GET databases", bulks(&["databases", "5"]));
+    check(&mut c, "CONFIG GET maxmemory", bulks(&["maxmemory", "67108864"]));
+    check(
+        &mut c,
+        "CONFIG GET maxmemory-policy",
+        bulks(&["maxmemory-policy", "allkeys-lru"]),
+    );
+    check(&mut c, "CONFIG GET maxclients", bulks(&["maxclients", "77"]));
+    check(&mut c, "SELECT 4", ok());
+    check(&mut c, "SELECT 5", err("ERR DB index is out of range"));
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,10 +7,14 @@
 //!
 //! The engine knows nothing of the network or the runtime: it is a single-threaded data structure
 //! owned by one shard's executor, and every operation is synchronous and bounded.
+//!
+//! [`log`] holds the groundwork of the per-shard persistence log: its on-disk format, a storage
+//! trait with in-memory fault-injecting implementations, and the recovery scan.
 
 pub mod glob;
 mod item;
 mod keyspace;
+pub mod log;
 pub mod slab_memory;
 pub mod table;
 

@@ -2,10 +2,13 @@
 //!
 //! - [`resp`]: the Redis protocol (RESP2 and RESP3): an incremental, zero-copy request parser with
 //!   Redis's limits and error texts, and a reply encoder that writes either protocol version.
+//! - [`native`]: corekv's native binary protocol (`PROTOCOL.md`): fixed-header frames, a sans-IO
+//!   zero-copy decoder and an encoder.
 //! - [`routing`]: the stable routing hash that maps a key to its hash slot and a slot to its shard.
 //!
 //! This crate knows nothing of storage or of the runtime: it turns bytes into requests and replies
 //! into bytes.
 
+pub mod native;
 pub mod resp;
 pub mod routing;

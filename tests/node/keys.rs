@@ -8,19 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const NOT_INT: &str = "ERR value is not an integer or out of range";
-
-fn wrong_args(cmd: &str) -> R {
-    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn set_all(c: &mut redis::Connection, keys: &[String], value: &str) {
     for k in keys {
         assert_eq!(qa(c, &["SET", k.as_str(), value]), ok());

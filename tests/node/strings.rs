@@ -4,19 +4,7 @@
 
 use crate::support::*;
 
-const NOT_INT: &str = "ERR value is not an integer or out of range";
 const SYNTAX: &str = "ERR syntax error";
-
-fn wrong_args(cmd: &str) -> R {
-    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 #[test]
 fn get_and_set_basics() {

@@ -1090,3 +1090,21 @@ pub fn encode_cmd<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     }
     out
 }
+
+// ------------------------------------------------------------------------------------------------
+// Shared expectations.
+
+pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+
+/// Redis's reply to a command called with the wrong number of arguments.
+pub fn wrong_args(cmd: &str) -> R {
+    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
+}
+
+/// The wall clock in whole seconds, to compare with EXPIRETIME and TIME.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

@@ -22,6 +22,8 @@ static ALLOCATOR: alloc_count::CountingAllocator = alloc_count::CountingAllocato
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never in log files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COREKV_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -221,32 +221,78 @@ fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Binds one SO_REUSEPORT listener per shard on the same address. The port is first claimed with
-/// a plain bind (no SO_REUSEPORT), which fails if anything — another corekv node included —
-/// already listens there; port 0 picks a free port the same way.
+/// Binds one SO_REUSEPORT listener per shard on the same address, and makes sure no other
+/// process shares the port.
+///
+/// SO_REUSEPORT lets any process of the same user join the port's group, so two nodes could
+/// silently split one port's connections. An explicit port is first claimed with a plain bind (no
+/// SO_REUSEPORT), which fails if anything already listens there; port 0 lets the kernel pick a
+/// free port for the first listener. Afterwards the listening sockets on the port are counted in
+/// /proc/net: more than our own means another process raced us into the group, and the node
+/// refuses to start (the later of two racing nodes always sees the other).
 fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let requested = SocketAddr::new(config.bind, config.port);
     let listen_error = |source| StartError::Listen {
         addr: requested,
         source,
     };
-    let probe = std::net::TcpListener::bind(requested).map_err(listen_error)?;
-    let port = probe.local_addr().map_err(listen_error)?.port();
-    drop(probe);
+    if config.port != 0 {
+        drop(std::net::TcpListener::bind(requested).map_err(listen_error)?);
+    }
+    let first = reuseport_listener(requested).map_err(listen_error)?;
+    let port = first
+        .local_addr()
+        .map_err(listen_error)?
+        .as_socket()
+        .map_or(config.port, |a| a.port());
     let addr = SocketAddr::new(config.bind, port);
     let listen_error = |source| StartError::Listen { addr, source };
     let mut sockets = Vec::with_capacity(config.shards);
-    for _ in 0..config.shards {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(listen_error)?;
-        socket.set_reuse_address(true).map_err(listen_error)?;
-        socket.set_reuse_port(true).map_err(listen_error)?;
-        socket.set_nonblocking(true).map_err(listen_error)?;
-        socket.bind(&addr.into()).map_err(listen_error)?;
-        socket.listen(1024).map_err(listen_error)?;
-        sockets.push(socket);
+    sockets.push(first);
+    for _ in 1..config.shards {
+        sockets.push(reuseport_listener(addr).map_err(listen_error)?);
+    }
+    let listening = count_listeners(port);
+    if listening > sockets.len() {
+        return Err(listen_error(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another process listens on port {port} too (SO_REUSEPORT)"),
+        )));
     }
     Ok((sockets, port))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// Listening TCP sockets on `port` (any address, IPv4 and IPv6), from /proc/net/tcp{,6}.
+fn count_listeners(port: u16) -> usize {
+    const LISTEN: &str = "0A";
+    let wanted = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let mut fields = line.split_whitespace();
+                    let local = fields.nth(1).unwrap_or("");
+                    let state = fields.nth(1).unwrap_or("");
+                    state == LISTEN && local.rsplit(':').next() == Some(wanted.as_str())
+                })
+                .count()
+        })
+        .sum()
 }
 
 fn run_id() -> String {
@@ -377,5 +423,21 @@ async fn shard_main(
     while node.connected_clients.load(Ordering::Acquire) > 0 {
         shard.close_all_clients();
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_on_a_port_are_counted_across_processes_view() {
+        let first = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        assert_eq!(count_listeners(port), 1);
+        let second = reuseport_listener(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        assert_eq!(count_listeners(port), 2);
+        drop((first, second));
+        assert_eq!(count_listeners(port), 0);
     }
 }

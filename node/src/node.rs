@@ -239,27 +239,34 @@ fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartE
     if config.port != 0 {
         drop(std::net::TcpListener::bind(requested).map_err(listen_error)?);
     }
-    let first = reuseport_listener(requested).map_err(listen_error)?;
-    let port = first
-        .local_addr()
-        .map_err(listen_error)?
-        .as_socket()
-        .map_or(config.port, |a| a.port());
-    let addr = SocketAddr::new(config.bind, port);
-    let listen_error = |source| StartError::Listen { addr, source };
-    let mut sockets = Vec::with_capacity(config.shards);
-    sockets.push(first);
-    for _ in 1..config.shards {
-        sockets.push(reuseport_listener(addr).map_err(listen_error)?);
-    }
-    let listening = count_listeners(port);
-    if listening > sockets.len() {
-        return Err(listen_error(std::io::Error::new(
+    // With port 0 the kernel may hand out a port whose SO_REUSEPORT group another process of the
+    // same user already listens in (seen here): then simply ask for another port.
+    const PORT_ZERO_ATTEMPTS: usize = 32;
+    let attempts = if config.port == 0 { PORT_ZERO_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let first = reuseport_listener(requested).map_err(listen_error)?;
+        let port = first
+            .local_addr()
+            .map_err(listen_error)?
+            .as_socket()
+            .map_or(config.port, |a| a.port());
+        let addr = SocketAddr::new(config.bind, port);
+        let listen_error = |source| StartError::Listen { addr, source };
+        let mut sockets = Vec::with_capacity(config.shards);
+        sockets.push(first);
+        for _ in 1..config.shards {
+            sockets.push(reuseport_listener(addr).map_err(listen_error)?);
+        }
+        if count_listeners(port) <= sockets.len() {
+            return Ok((sockets, port));
+        }
+        last_error = Some(listen_error(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             format!("another process listens on port {port} too (SO_REUSEPORT)"),
         )));
     }
-    Ok((sockets, port))
+    Err(last_error.unwrap_or_else(|| listen_error(std::io::ErrorKind::AddrInUse.into())))
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {

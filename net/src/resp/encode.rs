@@ -75,7 +75,7 @@ impl<'a> ReplyEncoder<'a> {
     pub fn bulk(&mut self, bytes: &[u8]) {
         // One reservation for header + payload + CRLF so the payload copy never reallocates twice.
         self.out.reserve(bytes.len() + 25);
-        self.len_header(b'$', bytes.len());
+        self.header(b'$', bytes.len());
         self.out.extend_from_slice(bytes);
         self.out.extend_from_slice(b"\r\n");
     }
@@ -95,23 +95,23 @@ impl<'a> ReplyEncoder<'a> {
     }
     /// `*n\r\n` followed by n values the caller writes.
     pub fn array_len(&mut self, n: usize) {
-        self.len_header(b'*', n);
+        self.header(b'*', n);
     }
     /// RESP3 `%n\r\n` (n key/value pairs follow); RESP2 `*2n\r\n`.
     pub fn map_len(&mut self, n: usize) {
         match self.protocol {
             Protocol::Resp2 => {
                 // n pairs in memory can never reach usize::MAX / 2; saturate rather than wrap.
-                self.len_header(b'*', n.saturating_mul(2))
+                self.header(b'*', n.saturating_mul(2))
             }
-            Protocol::Resp3 => self.len_header(b'%', n),
+            Protocol::Resp3 => self.header(b'%', n),
         }
     }
     /// RESP3 `~n\r\n`; RESP2 `*n\r\n`.
     pub fn set_len(&mut self, n: usize) {
         match self.protocol {
-            Protocol::Resp2 => self.len_header(b'*', n),
-            Protocol::Resp3 => self.len_header(b'~', n),
+            Protocol::Resp2 => self.header(b'*', n),
+            Protocol::Resp3 => self.header(b'~', n),
         }
     }
     /// RESP3 `,value\r\n` (`inf`, `-inf`, `nan`); RESP2 the same text as a bulk string.
@@ -150,7 +150,7 @@ impl<'a> ReplyEncoder<'a> {
             Protocol::Resp2 => self.bulk(text),
             Protocol::Resp3 => {
                 self.out.reserve(text.len() + 29);
-                self.len_header(b'=', text.len() + 4);
+                self.header(b'=', text.len() + 4);
                 self.out.extend_from_slice(format.as_bytes());
                 self.out.extend_from_slice(b":");
                 self.out.extend_from_slice(text);
@@ -163,18 +163,8 @@ impl<'a> ReplyEncoder<'a> {
         self.out.extend_from_slice(encoded);
     }
 
-    /// `<kind><n>\r\n` for a signed value.
-    fn header(&mut self, kind: u8, n: i64) {
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(n).as_bytes();
-        self.out.reserve(digits.len() + 3);
-        self.out.extend_from_slice(&[kind]);
-        self.out.extend_from_slice(digits);
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    /// `<kind><n>\r\n` for a length or count.
-    fn len_header(&mut self, kind: u8, n: usize) {
+    /// `<kind><n>\r\n`: an integer reply, or the length or count of an aggregate.
+    fn header(&mut self, kind: u8, n: impl itoa::Integer) {
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(n).as_bytes();
         self.out.reserve(digits.len() + 3);

@@ -415,36 +415,39 @@ pub fn setnx(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) 
 
 /// SETEX key seconds value
 pub fn setex(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) {
-    let opts = StringOptions {
-        expire: Some((ExpireKind::Ex, &args[2])),
-        ..Default::default()
-    };
-    set_generic(
+    set_with_expiry(
         ctx,
-        &args[1],
-        &args[3],
-        &opts,
+        args,
+        ExpireKind::Ex,
         "ERR invalid expire time in 'setex' command",
-        SetReply::OkNull,
         enc,
     );
 }
 
 /// PSETEX key milliseconds value
 pub fn psetex(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) {
-    let opts = StringOptions {
-        expire: Some((ExpireKind::Px, &args[2])),
-        ..Default::default()
-    };
-    set_generic(
+    set_with_expiry(
         ctx,
-        &args[1],
-        &args[3],
-        &opts,
+        args,
+        ExpireKind::Px,
         "ERR invalid expire time in 'psetex' command",
-        SetReply::OkNull,
         enc,
     );
+}
+
+/// SETEX and PSETEX: `key ttl value`, the TTL in the unit `kind` names.
+fn set_with_expiry(
+    ctx: &mut ExecCtx<'_>,
+    args: &[Bytes],
+    kind: ExpireKind,
+    invalid_expire: &str,
+    enc: &mut ReplyEncoder<'_>,
+) {
+    let opts = StringOptions {
+        expire: Some((kind, &args[2])),
+        ..Default::default()
+    };
+    set_generic(ctx, &args[1], &args[3], &opts, invalid_expire, SetReply::OkNull, enc);
 }
 
 /// Redis's `setGenericCommand` (with Valkey's IFEQ).

@@ -20,7 +20,6 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use corekv_net::resp::{ParseError, Protocol, ReplyEncoder, RequestParser};
-use corekv_net::routing::key_shard;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
@@ -176,7 +175,7 @@ impl Connection {
             Handler::Keyed(_) => {
                 // A keyed command given no key (OBJECT HELP) answers wherever it is.
                 let owner = match self.args.get(spec.first_key as usize) {
-                    Some(key) => key_shard(key, self.shard.shards as u32) as usize,
+                    Some(key) => self.shard.owner_of(key),
                     None => self.shard.id,
                 };
                 if owner == self.shard.id {

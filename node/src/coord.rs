@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use corekv_net::resp::Protocol;
-use corekv_net::routing::key_shard;
 
 use crate::client::{valid_client_name, KillFilter};
 use crate::commands::strings::parse_i64;
@@ -432,7 +431,7 @@ fn needs_sequencing(conn: &Connection, spec: &CommandSpec, args: &[Bytes]) -> bo
     }
     let mut owners = key_positions(spec, args.len())
         .into_iter()
-        .map(|p| key_shard(&args[p], shards as u32));
+        .map(|p| conn.shard.owner_of(&args[p]));
     let first = owners.next();
     owners.any(|owner| Some(owner) != first)
 }
@@ -639,7 +638,7 @@ async fn fan_out(
     let shards = conn.shard.shards;
     let mut groups: Vec<(Vec<usize>, Vec<Bytes>)> = (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     for (index, group) in args.chunks(stride).enumerate() {
-        let owner = key_shard(&group[0], shards as u32) as usize;
+        let owner = conn.shard.owner_of(&group[0]);
         groups[owner].0.push(index);
         groups[owner].1.extend(group.iter().cloned());
     }
@@ -713,7 +712,7 @@ async fn mset(conn: &mut Connection, args: &[Bytes], only_if_none_exist: bool) {
 }
 
 async fn read_entry(conn: &Connection, db: usize, key: &Bytes) -> Option<(Bytes, Option<u64>)> {
-    let owner = key_shard(key, conn.shard.shards as u32) as usize;
+    let owner = conn.shard.owner_of(key);
     match conn.shard.call(owner, ShardCall::Read { db, key: key.clone() }).await {
         CallReply::Entry(entry) => entry,
         _ => None,
@@ -728,7 +727,7 @@ async fn write_entry(
     expire_at_ms: Option<u64>,
     if_absent: bool,
 ) -> Result<bool, corekv_engine::EngineError> {
-    let owner = key_shard(key, conn.shard.shards as u32) as usize;
+    let owner = conn.shard.owner_of(key);
     let call = ShardCall::Write {
         db,
         key: key.clone(),
@@ -743,7 +742,7 @@ async fn write_entry(
 }
 
 async fn remove_key(conn: &Connection, db: usize, key: &Bytes) {
-    let owner = key_shard(key, conn.shard.shards as u32) as usize;
+    let owner = conn.shard.owner_of(key);
     conn.shard
         .call(
             owner,

@@ -295,6 +295,11 @@ impl Shard {
         }
     }
 
+    /// The shard that owns `key` (the stable routing hash).
+    pub fn owner_of(&self, key: &[u8]) -> usize {
+        corekv_net::routing::key_shard(key, self.shards as u32) as usize
+    }
+
     /// Runs a keyed command on this shard, encoding its reply into `out`.
     pub fn run_keyed(&self, spec: &'static CommandSpec, db: usize, args: &[Bytes], out: &mut ReplyEncoder<'_>) {
         let Handler::Keyed(run) = spec.handler else {

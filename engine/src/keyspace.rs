@@ -110,6 +110,8 @@ pub struct ExpireCycleStats {
 }
 
 use crate::item;
+use crate::log::format::RecordType;
+use crate::log::journal::Journal;
 use crate::slab_memory::{Handle, SlabMemory};
 use crate::table::{hash_handle, hash_key, Table};
 
@@ -146,6 +148,10 @@ pub struct Keyspace {
     dataset_bytes: u64,
     rng: u64,
     expire_db_cursor: usize,
+    /// Where mutations are recorded for the persistence log; `None` costs one branch per write.
+    journal: Option<Journal>,
+    /// Bumped by every effective `swap_db`.
+    swap_epoch: u64,
 }
 
 /// Recomputes the index hash of a handle's key (table growth, backward shift, SCAN).
@@ -186,7 +192,34 @@ impl Keyspace {
             dataset_bytes: 0,
             rng: 0x853c_49e6_748f_ea9b,
             expire_db_cursor: 0,
+            journal: None,
+            swap_epoch: 0,
         }
+    }
+
+    /// Starts recording every mutation that takes effect into `journal` (see
+    /// [`crate::log::journal`]). Replaces any journal already attached.
+    ///
+    /// Lazy and active expiry are not recorded: replay drops expired keys itself. Evictions are
+    /// recorded as deletes, or a restart would bring evicted keys back.
+    pub fn attach_journal(&mut self, journal: Journal) {
+        // Records carry the database as a u16.
+        debug_assert!(self.dbs.len() <= usize::from(u16::MAX) + 1);
+        self.journal = Some(journal);
+    }
+
+    pub fn journal_mut(&mut self) -> Option<&mut Journal> {
+        self.journal.as_mut()
+    }
+
+    pub fn detach_journal(&mut self) -> Option<Journal> {
+        self.journal.take()
+    }
+
+    /// Counts effective `swap_db` calls: a snapshot whose scan saw this change must be restarted,
+    /// because a SwapDb record replayed on top of a snapshot is not idempotent.
+    pub fn swap_epoch(&self) -> u64 {
+        self.swap_epoch
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -361,6 +394,9 @@ impl Keyspace {
             if let Some(h) = old {
                 self.delete(db, h);
                 self.stats.expired_keys += 1;
+                if let Some(j) = &mut self.journal {
+                    j.append(RecordType::Delete, db as u16, key, b"", 0);
+                }
             }
             return Ok(());
         }
@@ -400,6 +436,10 @@ impl Keyspace {
                 }
                 self.link(db, nh);
             }
+        }
+        if let Some(j) = &mut self.journal {
+            // The final absolute expiry (KEEPTTL resolved), never a relative or kept one.
+            j.append(RecordType::Set, db as u16, key, value, new_ttl.unwrap_or(0));
         }
         Ok(())
     }
@@ -586,6 +626,9 @@ impl Keyspace {
     }
 
     fn evict(&mut self, db: usize, h: Handle, now_ms: u64) {
+        if let Some(j) = &mut self.journal {
+            j.append(RecordType::Delete, db as u16, item::key(self.mem.bytes(h)), b"", 0);
+        }
         let expired = self.expired(h, now_ms);
         self.delete(db, h);
         if expired {
@@ -615,6 +658,9 @@ impl Keyspace {
         match self.lookup(db, key, now_ms) {
             Some(h) => {
                 self.delete(db, h);
+                if let Some(j) = &mut self.journal {
+                    j.append(RecordType::Delete, db as u16, key, b"", 0);
+                }
                 true
             }
             None => false,
@@ -628,19 +674,30 @@ impl Keyspace {
             return false;
         };
         let current = item::expire_at(self.mem.bytes(h));
-        match (expire_at_ms, current) {
+        let kind = match (expire_at_ms, current) {
             (Some(t), _) if t <= now_ms => {
                 self.delete(db, h);
                 self.stats.expired_keys += 1;
-                true
+                RecordType::Delete
             }
             (Some(t), Some(_)) => {
                 item::set_expire_at(self.mem.bytes_mut(h), t);
-                true
+                RecordType::Expire
             }
-            (None, None) => true,
-            _ => self.relocate(db, h, expire_at_ms),
+            (None, None) => return true,
+            _ if !self.relocate(db, h, expire_at_ms) => return false,
+            (Some(_), None) => RecordType::Expire,
+            (None, Some(_)) => RecordType::Persist,
+        };
+        if let Some(j) = &mut self.journal {
+            let at = if kind == RecordType::Expire {
+                expire_at_ms.unwrap_or(0)
+            } else {
+                0
+            };
+            j.append(kind, db as u16, key, b"", at);
         }
+        true
     }
 
     /// Rewrites an item with a header of a different shape (TTL added or removed) in a new chunk.
@@ -676,8 +733,11 @@ impl Keyspace {
         if db >= self.dbs.len() {
             return;
         }
+        if let Some(j) = &mut self.journal {
+            j.append(RecordType::FlushDb, db as u16, b"", b"", 0);
+        }
         if self.dbs.iter().enumerate().all(|(i, d)| i == db || d.main.is_empty()) {
-            return self.flush_all();
+            return self.clear_all();
         }
         let d = std::mem::take(&mut self.dbs[db]);
         self.index_bytes -= d.index_bytes();
@@ -688,6 +748,13 @@ impl Keyspace {
     }
 
     pub fn flush_all(&mut self) {
+        if let Some(j) = &mut self.journal {
+            j.append(RecordType::FlushAll, 0, b"", b"", 0);
+        }
+        self.clear_all();
+    }
+
+    fn clear_all(&mut self) {
         for d in &mut self.dbs {
             *d = Db::default();
         }
@@ -703,6 +770,28 @@ impl Keyspace {
     ///
     /// Like Redis, a step stops once it has visited `count` keys or `10 × count` buckets.
     pub fn scan(&mut self, db: usize, cursor: u64, count: usize, now_ms: u64, visit: &mut dyn FnMut(&[u8])) -> u64 {
+        self.scan_items(db, cursor, count, now_ms, &mut |buf| visit(item::key(buf)))
+    }
+
+    /// Like [`scan`](Self::scan) (same cursor and guarantees) but gives each live key's value and
+    /// absolute expiry too, for snapshots: `visit(key, value, expire_at_ms)`.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_entries(
+        &mut self,
+        db: usize,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        visit: &mut dyn FnMut(&[u8], &[u8], Option<u64>),
+    ) -> u64 {
+        self.scan_items(db, cursor, count, now_ms, &mut |buf| {
+            visit(item::key(buf), item::value(buf), item::expire_at(buf))
+        })
+    }
+
+    /// The SCAN walk shared by [`scan`](Self::scan) and [`scan_entries`](Self::scan_entries):
+    /// `visit` gets each live item's bytes.
+    fn scan_items(&mut self, db: usize, cursor: u64, count: usize, now_ms: u64, visit: &mut dyn FnMut(&[u8])) -> u64 {
         if db >= self.dbs.len() {
             return 0;
         }
@@ -726,7 +815,7 @@ impl Keyspace {
                     self.delete(db, h);
                     self.stats.expired_keys += 1;
                 } else {
-                    visit(item::key(self.mem.bytes(h)));
+                    visit(self.mem.bytes(h));
                     emitted += 1;
                 }
             }
@@ -793,13 +882,28 @@ impl Keyspace {
         }
         self.unlink(src_db, h);
         self.link(dst_db, h);
+        if let Some(j) = &mut self.journal {
+            let buf = self.mem.bytes(h);
+            j.append(RecordType::Delete, src_db as u16, key, b"", 0);
+            j.append(
+                RecordType::Set,
+                dst_db as u16,
+                key,
+                item::value(buf),
+                item::expire_at(buf).unwrap_or(0),
+            );
+        }
         true
     }
 
     /// Swaps two databases (SWAPDB).
     pub fn swap_db(&mut self, a: usize, b: usize) {
-        if a < self.dbs.len() && b < self.dbs.len() {
+        if a < self.dbs.len() && b < self.dbs.len() && a != b {
             self.dbs.swap(a, b);
+            self.swap_epoch += 1;
+            if let Some(j) = &mut self.journal {
+                j.append_swap_db(a as u16, b as u16);
+            }
         }
     }
 

@@ -8,8 +8,8 @@
 //! The engine knows nothing of the network or the runtime: it is a single-threaded data structure
 //! owned by one shard's executor, and every operation is synchronous and bounded.
 //!
-//! [`log`] holds the groundwork of the per-shard persistence log: its on-disk format, a storage
-//! trait with in-memory fault-injecting implementations, and the recovery scan.
+//! [`log`] holds the engine side of per-shard persistence: the on-disk format, the journal a
+//! keyspace records its mutations in, snapshots, directory-backed storage and whole-shard recovery.
 
 pub mod glob;
 mod item;

@@ -63,6 +63,26 @@ pub struct Cli {
     /// Do not pin shard threads to cores (pinning happens only when shards <= cores anyway).
     #[arg(long)]
     pub no_pin: bool,
+    /// When a write is acknowledged: always (after its log record is on disk), periodic (at once;
+    /// the log is synced every --fsync-interval), none (no log) [default: periodic].
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<String>,
+    /// How often periodic durability syncs the log: 1s, 250ms, ... [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub fsync_interval: Option<String>,
+    /// Size of each log segment file, pre-allocated: 64mb, 1gb, ... (at least 64kb) [default: 64mb].
+    #[arg(long, value_name = "SIZE")]
+    pub segment_size: Option<String>,
+    /// Compaction starts once a shard's log since its last snapshot is at least this big [default: 64mb].
+    #[arg(long, value_name = "SIZE")]
+    pub rewrite_min_size: Option<String>,
+    /// ... and at least this percentage of the last snapshot's size; 0 turns automatic compaction off [default: 100].
+    #[arg(long, value_name = "PERCENT")]
+    pub rewrite_percentage: Option<u64>,
+    /// At start-up, truncate a corrupted log at the first bad record instead of refusing to start
+    /// (everything after that point in that shard's log is dropped).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// The same settings as a TOML file; keys are spelled like the flags (`maxmemory-policy = "allkeys-lru"`).
@@ -78,6 +98,11 @@ pub struct FileConfig {
     pub databases: Option<usize>,
     pub max_clients: Option<usize>,
     pub no_pin: Option<bool>,
+    pub durability: Option<String>,
+    pub fsync_interval: Option<String>,
+    pub segment_size: Option<toml::Value>,
+    pub rewrite_min_size: Option<toml::Value>,
+    pub rewrite_percentage: Option<u64>,
 }
 
 /// The resolved settings the node runs with.
@@ -92,7 +117,43 @@ pub struct Config {
     pub databases: usize,
     pub max_clients: usize,
     pub pin: bool,
+    pub persistence: PersistConfig,
 }
+
+/// When a write is acknowledged, relative to its log record reaching the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the fdatasync of the flush that holds its record.
+    Always,
+    /// At once; the log is written continuously and synced every `fsync_interval`.
+    Periodic,
+    /// No log at all: data lives in memory only.
+    None,
+}
+
+impl Durability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Always => "always",
+            Durability::Periodic => "periodic",
+            Durability::None => "none",
+        }
+    }
+}
+
+/// The log and compaction settings.
+#[derive(Clone, Debug)]
+pub struct PersistConfig {
+    pub durability: Durability,
+    pub fsync_interval: std::time::Duration,
+    pub segment_size: u64,
+    pub rewrite_min_size: u64,
+    /// 0 turns automatic compaction off.
+    pub rewrite_percentage: u64,
+    pub repair: bool,
+}
+
+pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 
 pub const DEFAULT_PORT: u16 = 7379;
 pub const MAX_SHARDS: usize = 1024;
@@ -105,6 +166,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let persistence = resolve_persistence(&cli_persist(&cli), &file)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let maxmemory_bytes = match (cli.maxmemory, file.maxmemory) {
             (Some(text), _) => parse_size(&text).map_err(|reason| ConfigError::Invalid {
@@ -165,6 +227,7 @@ impl Config {
             });
         }
         Ok(Config {
+            persistence,
             bind: cli.bind.or(file.bind).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
             shards,
@@ -179,6 +242,116 @@ impl Config {
             pin: !(cli.no_pin || file.no_pin.unwrap_or(false)),
         })
     }
+}
+
+/// The persistence flags given on the command line (taken before `cli` is consumed).
+struct PersistFlags {
+    durability: Option<String>,
+    fsync_interval: Option<String>,
+    segment_size: Option<String>,
+    rewrite_min_size: Option<String>,
+    rewrite_percentage: Option<u64>,
+    repair: bool,
+}
+
+fn cli_persist(cli: &Cli) -> PersistFlags {
+    PersistFlags {
+        durability: cli.durability.clone(),
+        fsync_interval: cli.fsync_interval.clone(),
+        segment_size: cli.segment_size.clone(),
+        rewrite_min_size: cli.rewrite_min_size.clone(),
+        rewrite_percentage: cli.rewrite_percentage,
+        repair: cli.repair,
+    }
+}
+
+/// A size from a flag (text) or the file (text or integer).
+fn size_setting(
+    setting: &'static str,
+    flag: &Option<String>,
+    file: &Option<toml::Value>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    let invalid = |value: String, reason| ConfigError::Invalid { setting, value, reason };
+    match (flag, file) {
+        (Some(text), _) | (None, Some(toml::Value::String(text))) => {
+            parse_size(text).map_err(|reason| invalid(text.clone(), reason))
+        }
+        (None, Some(toml::Value::Integer(n))) => {
+            u64::try_from(*n).map_err(|_| invalid(n.to_string(), "must not be negative"))
+        }
+        (None, Some(other)) => Err(invalid(
+            other.to_string(),
+            "expected a size such as 64mb or a number of bytes",
+        )),
+        (None, None) => Ok(default),
+    }
+}
+
+fn resolve_persistence(flags: &PersistFlags, file: &FileConfig) -> Result<PersistConfig, ConfigError> {
+    let durability = match flags.durability.as_ref().or(file.durability.as_ref()) {
+        None => Durability::Periodic,
+        Some(text) => match text.to_ascii_lowercase().as_str() {
+            "always" => Durability::Always,
+            "periodic" | "everysec" => Durability::Periodic,
+            "none" | "no" => Durability::None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "durability",
+                    value: text.clone(),
+                    reason: "expected always, periodic or none",
+                })
+            }
+        },
+    };
+    let fsync_interval = match flags.fsync_interval.as_ref().or(file.fsync_interval.as_ref()) {
+        None => std::time::Duration::from_secs(1),
+        Some(text) => parse_duration(text).map_err(|reason| ConfigError::Invalid {
+            setting: "fsync-interval",
+            value: text.clone(),
+            reason,
+        })?,
+    };
+    let segment_size = size_setting("segment-size", &flags.segment_size, &file.segment_size, 64 << 20)?;
+    if !(MIN_SEGMENT_SIZE..=(1 << 40)).contains(&segment_size) {
+        return Err(ConfigError::Invalid {
+            setting: "segment-size",
+            value: segment_size.to_string(),
+            reason: "must be between 64kb and 1tb",
+        });
+    }
+    Ok(PersistConfig {
+        durability,
+        fsync_interval,
+        segment_size,
+        rewrite_min_size: size_setting(
+            "rewrite-min-size",
+            &flags.rewrite_min_size,
+            &file.rewrite_min_size,
+            64 << 20,
+        )?,
+        rewrite_percentage: flags.rewrite_percentage.or(file.rewrite_percentage).unwrap_or(100),
+        repair: flags.repair,
+    })
+}
+
+/// Parses `250ms`, `1s`, `2m`, or a bare number of seconds; between 1 ms and 1 hour.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, &'static str> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| "expected a duration such as 1s or 250ms")?;
+    let ms = match unit {
+        "ms" => Some(number),
+        "" | "s" => number.checked_mul(1000),
+        "m" => number.checked_mul(60_000),
+        _ => return Err("unknown unit (use ms, s or m)"),
+    }
+    .ok_or("duration too large")?;
+    if !(1..=3_600_000).contains(&ms) {
+        return Err("must be between 1ms and 1 hour");
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -66,6 +66,9 @@ pub struct Connection {
     batches: Vec<Vec<(&'static CommandSpec, Vec<Bytes>)>>,
     remote_pending: bool,
     read_chunk: usize,
+    /// Set when writes of the current batch could not be made durable: the batch's replies are
+    /// dropped and the connection closed, so nothing undurable is ever acknowledged.
+    pub log_failed: bool,
 }
 
 impl Connection {
@@ -85,6 +88,7 @@ impl Connection {
             batches: (0..shards).map(|_| Vec::new()).collect(),
             remote_pending: false,
             read_chunk: READ_CHUNK_MIN,
+            log_failed: false,
         }
     }
 
@@ -112,7 +116,15 @@ impl Connection {
             } else {
                 (self.read_chunk / 2).max(READ_CHUNK_MIN)
             };
+            let since = self.shard.log_position();
             let flow = self.process_input().await;
+            if let Err(reason) = self.shard.log_barrier(since).await {
+                self.log_failed = true;
+                tracing::warn!("closing a client whose writes could not be made durable: {reason}");
+            }
+            if self.log_failed {
+                return;
+            }
             if !self.out.is_empty() {
                 if stream.write_all(&self.out).await.is_err() {
                     return;

@@ -192,6 +192,17 @@ pub static SPECS: &[CommandSpec] = &[
         "Removes all keys from all databases."
     ),
     spec!(
+        "swapdb",
+        3,
+        ["write", "fast"],
+        0,
+        0,
+        0,
+        "server",
+        "4.0.0",
+        "Swaps two Redis databases."
+    ),
+    spec!(
         "time",
         1,
         ["loading", "stale", "fast"],
@@ -201,6 +212,50 @@ pub static SPECS: &[CommandSpec] = &[
         "server",
         "2.6.0",
         "Returns the server time."
+    ),
+    spec!(
+        "save",
+        1,
+        ["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Writes a snapshot of every shard and drops the log it covers; replies when done."
+    ),
+    spec!(
+        "bgsave",
+        -1,
+        ["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Starts a snapshot of every shard in the background."
+    ),
+    spec!(
+        "bgrewriteaof",
+        1,
+        ["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Compacts every shard's log in the background (a snapshot, then the covered segments go)."
+    ),
+    spec!(
+        "lastsave",
+        1,
+        ["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        "server",
+        "1.0.0",
+        "Returns the Unix time of the last snapshot that completed on every shard."
     ),
     spec!(
         "shutdown",
@@ -414,9 +469,23 @@ fn lower(arg: &[u8]) -> String {
 
 /// Runs a coordinated command (`conn.args` holds the request).
 pub async fn run(conn: &mut Connection, spec: &'static CommandSpec) -> Flow {
+    if spec.is_write() {
+        if let Some(error) = conn.shard.node.write_refusal() {
+            conn.encoder().error(&error);
+            return Flow::Continue;
+        }
+    }
     let started = std::time::Instant::now();
     let flow = dispatch(conn, spec).await;
     conn.shard.commands.borrow_mut().record(spec, started.elapsed());
+    if spec.is_write() {
+        // A write on other shards is acknowledged only once each of them has it durable.
+        if let Err(reason) = conn.shard.durable_barrier_all().await {
+            tracing::warn!("closing a client whose writes could not be made durable: {reason}");
+            conn.log_failed = true;
+            return Flow::Close;
+        }
+    }
     flow
 }
 
@@ -538,6 +607,21 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             conn.encoder().ok();
             Flow::Continue
         }
+        "swapdb" => {
+            let databases = conn.shard.node.config.databases as i64;
+            let index = |arg: &Bytes| parse_i64(arg);
+            match (index(&args[1]), index(&args[2])) {
+                (Some(a), Some(b)) if (0..databases).contains(&a) && (0..databases).contains(&b) => {
+                    let (a, b) = (a as usize, b as usize);
+                    conn.shard.call_all(|_| ShardCall::SwapDb { a, b }).await;
+                    conn.encoder().ok();
+                }
+                (Some(_), Some(_)) => conn.encoder().error("ERR DB index is out of range"),
+                (None, _) => conn.encoder().error("ERR invalid first DB index"),
+                (_, None) => conn.encoder().error("ERR invalid second DB index"),
+            }
+            Flow::Continue
+        }
         "time" => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -549,6 +633,26 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
             Flow::Continue
         }
         "shutdown" => shutdown(conn, args),
+        "save" | "bgsave" | "bgrewriteaof" => {
+            save(conn, spec.name, args).await;
+            Flow::Continue
+        }
+        "lastsave" => {
+            let reports = conn.shard.call_all(|_| ShardCall::Report).await;
+            let started_unix =
+                (crate::shard::now_ms() / 1000).saturating_sub(conn.shard.node.started.elapsed().as_secs());
+            let last = reports
+                .iter()
+                .filter_map(|r| match r {
+                    CallReply::Report(r) => r.persistence.as_ref(),
+                    _ => None,
+                })
+                .map(|p| p.compaction.last_save_unix.unwrap_or(started_unix))
+                .min()
+                .unwrap_or(started_unix);
+            conn.encoder().integer(last as i64);
+            Flow::Continue
+        }
         "keys" => {
             let db = conn.db;
             let pattern = args[1].clone();
@@ -1021,6 +1125,29 @@ fn auth(conn: &mut Connection, args: &[Bytes]) {
         [user, _password] if user.as_ref() == b"default" => conn.encoder().ok(),
         [_, _] => conn.encoder().error("WRONGPASS invalid username-password pair or user is disabled."),
         _ => conn.encoder().error(SYNTAX_ERROR),
+    }
+}
+
+/// SAVE (waits), BGSAVE and BGREWRITEAOF (start and reply at once): a compaction of every shard.
+async fn save(conn: &mut Connection, name: &str, args: &[Bytes]) {
+    if name == "bgsave" && args.len() > 1 && !(args.len() == 2 && lower(&args[1]) == "schedule") {
+        conn.encoder().error(SYNTAX_ERROR);
+        return;
+    }
+    let wait = name == "save";
+    let shard = conn.shard.clone();
+    let results = shard.compact_all(wait).await;
+    use crate::persist::compaction::CompactionError;
+    let error = results.iter().find_map(|r| r.as_ref().err());
+    match (error, name) {
+        (None, "save") => conn.encoder().ok(),
+        (None, "bgsave") => conn.encoder().simple("Background saving started"),
+        (None, _) => conn.encoder().simple("Background append only file rewriting started"),
+        (Some(CompactionError::InProgress), "bgrewriteaof") => conn
+            .encoder()
+            .error("ERR Background append only file rewriting already in progress"),
+        (Some(CompactionError::InProgress), _) => conn.encoder().error("ERR Background save already in progress"),
+        (Some(e), _) => conn.encoder().error(&format!("ERR {e}")),
     }
 }
 

@@ -159,15 +159,7 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
             line("mem_fragmentation_ratio", &format!("{rss_ratio:.2}"));
             line("mem_allocator", &"corekv-slab");
         }
-        "persistence" => {
-            line("# Persistence", &"");
-            line("loading", &0);
-            line("durability", &"none");
-            line("rdb_changes_since_last_save", &0);
-            line("rdb_bgsave_in_progress", &0);
-            line("aof_enabled", &0);
-            line("aof_rewrite_in_progress", &0);
-        }
+        "persistence" => persistence_section(&mut line, node, reports),
         "stats" => {
             let calls: u64 = reports.iter().map(|r| r.commands.total_calls()).sum();
             let keyspace = reports
@@ -309,4 +301,85 @@ fn cpu_seconds() -> (f64, f64) {
         }
         Err(_) => (0.0, 0.0),
     }
+}
+
+/// INFO persistence: Redis's field names where they mean the same here (tools read them), and
+/// corekv's own for the log. Figures are summed over shards; states report the worst shard.
+fn persistence_section(line: &mut dyn FnMut(&str, &dyn std::fmt::Display), node: &NodeShared, reports: &[ShardReport]) {
+    let p = &node.config.persistence;
+    let logs: Vec<&crate::shard::PersistReport> = reports.iter().filter_map(|r| r.persistence.as_ref()).collect();
+    let sum = |f: &dyn Fn(&crate::shard::PersistReport) -> u64| -> u64 { logs.iter().map(|r| f(r)).sum() };
+    let started_unix = crate::shard::now_ms() / 1000 - node.started.elapsed().as_secs();
+    let last_save = logs
+        .iter()
+        .map(|r| r.compaction.last_save_unix.unwrap_or(started_unix))
+        .min()
+        .unwrap_or(started_unix);
+    let in_progress = logs.iter().any(|r| r.compaction.in_progress);
+    let compaction_ok = logs.iter().all(|r| r.compaction.last_ok);
+    let worst = logs
+        .iter()
+        .map(|r| r.state)
+        .max_by_key(|s| match s {
+            crate::persist::writer::LogState::Ok => 0,
+            crate::persist::writer::LogState::DiskFull => 1,
+            crate::persist::writer::LogState::Failed => 2,
+        })
+        .unwrap_or(crate::persist::writer::LogState::Ok);
+    let last_error = logs
+        .iter()
+        .find(|r| !r.last_error.is_empty())
+        .map_or("", |r| r.last_error.as_str());
+    let enabled = p.durability != crate::config::Durability::None;
+    line("# Persistence", &"");
+    line("loading", &0);
+    line("durability", &p.durability.name());
+    line("fsync_interval_ms", &p.fsync_interval.as_millis());
+    line("rdb_changes_since_last_save", &0);
+    line("rdb_bgsave_in_progress", &u8::from(in_progress));
+    line("rdb_last_save_time", &last_save);
+    line("rdb_last_bgsave_status", &if compaction_ok { "ok" } else { "err" });
+    line("aof_enabled", &u8::from(enabled));
+    line("aof_rewrite_in_progress", &u8::from(in_progress));
+    line("aof_last_bgrewrite_status", &if compaction_ok { "ok" } else { "err" });
+    line(
+        "aof_last_write_status",
+        &if worst == crate::persist::writer::LogState::Ok {
+            "ok"
+        } else {
+            "err"
+        },
+    );
+    line("log_status", &worst.name());
+    line("log_last_error", &last_error);
+    line("log_bytes_written", &sum(&|r| r.bytes_written));
+    line("log_bytes_since_snapshot", &sum(&|r| r.log_bytes_since_snapshot));
+    line("log_segments", &sum(&|r| r.segments as u64));
+    line("log_fsyncs", &sum(&|r| r.fsyncs));
+    let fsyncs = sum(&|r| r.fsyncs);
+    let per_sync = if fsyncs > 0 {
+        sum(&|r| r.records_synced) as f64 / fsyncs as f64
+    } else {
+        0.0
+    };
+    line("log_records_per_fsync", &format!("{per_sync:.2}"));
+    let last_fsync = logs.iter().filter_map(|r| r.last_fsync_ms_ago).min();
+    line("log_last_fsync_ms_ago", &last_fsync.map_or(-1, |ms| ms as i64));
+    line("log_compactions", &sum(&|r| r.compaction.runs));
+    line("log_snapshot_bytes", &sum(&|r| r.compaction.snapshot_bytes));
+    line(
+        "log_last_compaction_error",
+        &logs
+            .iter()
+            .find(|r| !r.compaction.last_error.is_empty())
+            .map_or("", |r| r.compaction.last_error.as_str()),
+    );
+    line("recovery_records", &sum(&|r| r.recovery.records));
+    line("recovery_bytes", &sum(&|r| r.recovery.bytes));
+    line(
+        "recovery_ms",
+        &logs.iter().map(|r| r.recovery.millis).max().unwrap_or(0),
+    );
+    line("recovery_truncated_bytes", &sum(&|r| r.recovery.truncated_bytes));
+    line("recovery_snapshot_records", &sum(&|r| r.recovery.snapshot_records));
 }

@@ -10,6 +10,7 @@ mod conn;
 mod coord;
 mod info;
 mod node;
+mod persist;
 mod shard;
 mod stats;
 

@@ -2,12 +2,14 @@
 //! signals and graceful shutdown.
 //!
 //! ```text
-//! main thread: resolve config ─ check data dir ─ check port ─ bind N SO_REUSEPORT listeners
-//!   ├─ shard 0 executor: join mesh ─ serve peers ─ expiry task ─ accept loop ─▶ connections
+//! main thread: resolve config ─ lock data dir ─ check layout (re-distribute keys if the shard
+//!              count changed) ─ check port ─ bind N SO_REUSEPORT listeners
+//!   ├─ shard 0 executor: join mesh ─ recover its log ─ start its log writer ─ serve peers
+//!   │                    ─ expiry and compaction tasks ─ accept loop ─▶ connections
 //!   ├─ shard 1 executor: ...
 //!   └─ waits for SIGINT/SIGTERM (SHUTDOWN raises SIGTERM), then shuts the listeners:
 //!      each shard stops accepting, ends its idle connections after their current batch,
-//!      waits until every shard's connections are gone, and returns.
+//!      waits until every shard's connections are gone, syncs its log, and returns.
 //! ```
 
 use std::net::SocketAddr;
@@ -41,6 +43,14 @@ pub enum StartError {
     Executor { shard: usize, message: String },
     #[error("cannot set up signal handling: {0}")]
     Signals(nix::Error),
+    #[error("{0}")]
+    Lock(#[from] crate::persist::lock::LockError),
+    #[error("data directory: {0}")]
+    Layout(String),
+    #[error("cannot recover {0}")]
+    Recovery(String),
+    #[error("shard {shard}: cannot open its log in {dir}: {message}")]
+    Log { shard: usize, dir: String, message: String },
 }
 
 /// Settings CONFIG SET can change while the node runs.
@@ -67,6 +77,9 @@ pub struct NodeShared {
     pub started: Instant,
     pub run_id: String,
     listener_fds: Vec<RawFd>,
+    /// Per shard: why its log refuses writes (mirrored from its writer, for coordinated writes).
+    log_refusals: Mutex<Vec<Option<String>>>,
+    any_log_refusal: AtomicBool,
 }
 
 impl NodeShared {
@@ -89,6 +102,26 @@ impl NodeShared {
         let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
     }
 
+    /// Records a shard's log state (called by that shard's writer on every change).
+    pub fn set_log_state(&self, shard: usize, refusal: Option<String>) {
+        let mut refusals = self.log_refusals.lock().unwrap_or_else(|e| e.into_inner());
+        refusals[shard] = refusal;
+        self.any_log_refusal
+            .store(refusals.iter().any(Option::is_some), Ordering::Release);
+    }
+
+    /// The error for a write while any shard's log refuses writes.
+    pub fn write_refusal(&self) -> Option<String> {
+        if !self.any_log_refusal.load(Ordering::Acquire) {
+            return None;
+        }
+        self.log_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find_map(Clone::clone)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
@@ -97,6 +130,8 @@ impl NodeShared {
 /// Runs a node until it is told to stop. Returns once every shard has finished.
 pub fn run(config: Config) -> Result<(), StartError> {
     prepare_data_dir(&config)?;
+    let _lock = crate::persist::lock::DataDirLock::acquire(&config.data_dir)?;
+    crate::persist::layout::prepare(&config).map_err(StartError::Layout)?;
     let (listeners, port) = bind_listeners(&config)?;
     warn_if_memlock_low(config.shards);
 
@@ -124,6 +159,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         started: Instant::now(),
         run_id: run_id(),
         listener_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        log_refusals: Mutex::new(vec![None; config.shards]),
+        any_log_refusal: AtomicBool::new(false),
         config: config.clone(),
     });
 
@@ -131,7 +168,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let pin = config.pin && config.shards <= cores;
     let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let reply_mesh = MeshBuilder::<ReplyBatch, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, StartError>>();
     let mut handles = Vec::with_capacity(config.shards);
     for (id, listener) in listeners.into_iter().enumerate() {
         let placement = if pin { Placement::Fixed(id) } else { Placement::Unbound };
@@ -157,7 +194,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     for _ in 0..config.shards {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
-            Ok(Err(message)) => return Err(StartError::Executor { shard: 0, message }),
+            Ok(Err(error)) => return Err(error),
             Err(_) => {
                 return Err(StartError::Executor {
                     shard: 0,
@@ -323,30 +360,53 @@ async fn shard_main(
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<ReplyBatch, glommio::channels::channel_mesh::Full>,
     listener_fd: RawFd,
-    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    ready: std::sync::mpsc::Sender<Result<usize, StartError>>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
         Ok(ends) => ends,
         Err(e) => {
-            let _ = ready.send(Err(format!("shard {id} could not join the channel mesh: {e}")));
+            let _ = ready.send(Err(StartError::Executor {
+                shard: id,
+                message: format!("could not join the channel mesh: {e}"),
+            }));
             return;
         }
     };
     let (reply_senders, mut reply_receivers) = match reply_mesh.join().await {
         Ok(ends) => ends,
         Err(e) => {
-            let _ = ready.send(Err(format!("shard {id} could not join the reply mesh: {e}")));
+            let _ = ready.send(Err(StartError::Executor {
+                shard: id,
+                message: format!("could not join the reply mesh: {e}"),
+            }));
             return;
         }
     };
     let settings = node.settings();
-    let keyspace = Keyspace::new(EngineConfig {
+    // Recovery runs without a budget (a restart with a smaller one must not fail); the budget
+    // applies from the first write on.
+    let mut keyspace = Keyspace::new(EngineConfig {
         databases: node.config.databases,
-        maxmemory_bytes: settings.maxmemory_bytes / node.config.shards as u64,
+        maxmemory_bytes: 0,
         policy: settings.maxmemory_policy,
         eviction_samples: settings.maxmemory_samples,
     });
-    let shard = Rc::new(Shard::new(id, node.clone(), keyspace, senders, reply_senders));
+    let persist = match open_persistence(id, &node, &mut keyspace).await {
+        Ok(persist) => persist,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    keyspace.set_limits(
+        settings.maxmemory_bytes / node.config.shards as u64,
+        settings.maxmemory_policy,
+    );
+    let shard = Rc::new(Shard::new(id, node.clone(), keyspace, senders, reply_senders, persist));
+    if shard.persist.is_some() {
+        let writer_shard = shard.clone();
+        glommio::spawn_local(async move { run_log_writer(&writer_shard).await }).detach();
+    }
 
     for (_peer, receiver) in receivers.streams() {
         let shard = shard.clone();
@@ -367,7 +427,15 @@ async fn shard_main(
         .detach();
     }
 
-    let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "expiry");
+    let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+    shard.background.set(Some(background));
+    if shard.persist.is_some() {
+        let compaction_shard = shard.clone();
+        if let Ok(task) = glommio::spawn_local_into(async move { auto_compaction(&compaction_shard).await }, background)
+        {
+            task.detach();
+        }
+    }
     let expiry_shard = shard.clone();
     let expiry = glommio::spawn_local_into(
         async move {
@@ -430,6 +498,107 @@ async fn shard_main(
     while node.connected_clients.load(Ordering::Acquire) > 0 {
         shard.close_all_clients();
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(persist) = &shard.persist {
+        // Everything journaled is written and synced before the process exits.
+        persist.log.stop().await;
+    }
+}
+
+/// Recovers shard `id`'s log into `keyspace` and opens its writer (`None` with durability none).
+async fn open_persistence(
+    id: usize,
+    node: &Arc<NodeShared>,
+    keyspace: &mut Keyspace,
+) -> Result<Option<crate::persist::ShardPersistence>, StartError> {
+    use crate::persist::{files::DmaLogFiles, layout, recovery, writer::LogWriter, CompactionState};
+    let config = &node.config;
+    let p = &config.persistence;
+    if p.durability == crate::config::Durability::None {
+        return Ok(None);
+    }
+    let dir = layout::shard_dir(&config.data_dir, id);
+    let recovered = recovery::recover_own_shard(&dir, id as u32, config.shards as u32, p.repair, keyspace)
+        .map_err(StartError::Recovery)?;
+    keyspace.attach_journal(corekv_engine::log::journal::Journal::new(recovered.next_seq));
+    let log = LogWriter::open(
+        DmaLogFiles::new(&dir),
+        id as u32,
+        config.shards as u32,
+        p.durability,
+        p.fsync_interval,
+        p.segment_size,
+        recovered.segments,
+        recovered.next_segment,
+        recovered.next_seq,
+    )
+    .await
+    .map_err(|e| StartError::Log {
+        shard: id,
+        dir: dir.display().to_string(),
+        message: if e.raw_os_error() == Some(nix::libc::EINVAL) || e.kind() == std::io::ErrorKind::InvalidInput {
+            format!("{e} (the filesystem must support O_DIRECT: tmpfs does not)")
+        } else {
+            e.to_string()
+        },
+    })?;
+    let shared = node.clone();
+    log.set_observer(Box::new(move |state, reason| {
+        let refusal = (state != crate::persist::writer::LogState::Ok).then(|| crate::shard::misconf(id, state, reason));
+        shared.set_log_state(id, refusal);
+    }));
+    Ok(Some(crate::persist::ShardPersistence {
+        dir,
+        log,
+        compaction: std::cell::RefCell::new(CompactionState {
+            last_ok: true,
+            snapshot_bytes: recovered.snapshot_bytes,
+            recovered_log_bytes: recovered.log_bytes,
+            ..CompactionState::default()
+        }),
+        recovery: recovered.summary,
+        writer_done: std::cell::Cell::new(false),
+    }))
+}
+
+/// The shard's log writer task; when the log fails, the journal stops collecting records (the
+/// shard refuses writes from then on).
+async fn run_log_writer(shard: &Rc<Shard>) {
+    let Some(persist) = &shard.persist else {
+        return;
+    };
+    let take = |buf: &mut Vec<u8>| -> u64 {
+        let mut keyspace = shard.keyspace.borrow_mut();
+        match keyspace.journal_mut() {
+            Some(journal) => {
+                journal.take_pending(buf);
+                journal.last_seq()
+            }
+            None => 0,
+        }
+    };
+    persist.log.run(&take).await;
+    if persist.log.state() == crate::persist::writer::LogState::Failed {
+        if let Some(journal) = shard.keyspace.borrow_mut().journal_mut() {
+            journal.set_enabled(false);
+            journal.discard_pending();
+        }
+    }
+    persist.writer_done.set(true);
+}
+
+/// Starts a compaction whenever a shard's log has grown enough since its last snapshot.
+async fn auto_compaction(shard: &Rc<Shard>) {
+    let p = &shard.node.config.persistence;
+    while !shard.node.is_shutting_down() {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let due = shard
+            .persist
+            .as_ref()
+            .is_some_and(|persist| persist.compaction_due(p.rewrite_min_size, p.rewrite_percentage));
+        if due && crate::persist::compaction::try_begin(shard).is_ok() {
+            let _ = crate::persist::compaction::run_begun(shard).await;
+        }
     }
 }
 

@@ -20,7 +20,11 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::client::ClientInfo;
 use crate::commands::{CommandSpec, ExecCtx, Handler};
+use crate::config::Durability;
 use crate::node::NodeShared;
+use crate::persist::compaction::{self, CompactionError};
+use crate::persist::writer::{LogState, BACKLOG_LIMIT};
+use crate::persist::{CompactionState, RecoverySummary, ShardPersistence};
 use crate::stats::CommandStats;
 
 /// One connection's keyed commands for their owner shard, run there in order; the replies are
@@ -128,6 +132,10 @@ pub enum ShardCall {
         db: usize,
     },
     FlushAll,
+    SwapDb {
+        a: usize,
+        b: usize,
+    },
     Scan {
         db: usize,
         cursor: u64,
@@ -183,6 +191,14 @@ pub enum ShardMsg {
     SequencerAcquire(oneshot::Sender<()>),
     /// Gives the turn back.
     SequencerRelease,
+    /// Answers once everything this shard journaled so far is durable (`always` mode), or with
+    /// the reason it never will be.
+    Barrier(oneshot::Sender<Result<(), String>>),
+    /// Starts a compaction; with `wait`, answers when it is done.
+    Compact {
+        wait: bool,
+        reply: oneshot::Sender<Result<(), CompactionError>>,
+    },
 }
 
 /// The node-wide turn for writes that span shards. It lives on shard 0; every cross-shard
@@ -235,6 +251,22 @@ pub struct ShardReport {
     pub expire_cycle_timeouts: u64,
     pub forwarded_messages: u64,
     pub forwarded_commands: u64,
+    pub persistence: Option<PersistReport>,
+}
+
+/// What INFO persistence needs from one shard's log.
+#[derive(Clone, Debug)]
+pub struct PersistReport {
+    pub state: LogState,
+    pub last_error: String,
+    pub bytes_written: u64,
+    pub fsyncs: u64,
+    pub records_synced: u64,
+    pub last_fsync_ms_ago: Option<u64>,
+    pub segments: usize,
+    pub log_bytes_since_snapshot: u64,
+    pub compaction: CompactionState,
+    pub recovery: RecoverySummary,
 }
 
 /// One registered connection.
@@ -264,6 +296,10 @@ pub struct Shard {
     pub forwarded_messages: std::cell::Cell<u64>,
     pub forwarded_commands: std::cell::Cell<u64>,
     sequencer: Sequencer,
+    /// The log and snapshots; `None` with durability `none`.
+    pub persist: Option<ShardPersistence>,
+    /// The low-priority task queue (expiry, compaction).
+    pub background: std::cell::Cell<Option<glommio::TaskQueueHandle>>,
 }
 
 impl Shard {
@@ -273,6 +309,7 @@ impl Shard {
         keyspace: Keyspace,
         senders: Senders<ShardMsg>,
         reply_senders: Senders<ReplyBatch>,
+        persist: Option<ShardPersistence>,
     ) -> Self {
         let shards = node.config.shards;
         Shard {
@@ -292,7 +329,144 @@ impl Shard {
             forwarded_messages: std::cell::Cell::new(0),
             forwarded_commands: std::cell::Cell::new(0),
             sequencer: Sequencer::default(),
+            persist,
+            background: std::cell::Cell::new(None),
         }
+    }
+
+    /// The sequence the next journaled record gets (0 without a log): compare before and after a
+    /// batch of commands to know whether it wrote anything.
+    pub fn log_position(&self) -> u64 {
+        if self.persist.is_none() {
+            return 0;
+        }
+        self.keyspace.borrow_mut().journal_mut().map_or(0, |j| j.next_seq())
+    }
+
+    /// After commands that may have written (journal position `since` before them): in `always`
+    /// mode waits until their records are durable; otherwise wakes the writer, and waits for it
+    /// only when the backlog is too long.
+    pub async fn log_barrier(&self, since: u64) -> Result<(), String> {
+        let Some(persist) = &self.persist else {
+            return Ok(());
+        };
+        let (next, pending) = match self.keyspace.borrow_mut().journal_mut() {
+            Some(j) => (j.next_seq(), j.pending_len()),
+            None => return Ok(()),
+        };
+        if next == since {
+            return Ok(());
+        }
+        let last = next - 1;
+        match persist.log.durability {
+            Durability::Always => persist.log.wait_durable(last).await.map_err(|e| e.to_string()),
+            _ => {
+                persist.log.kick();
+                if pending > BACKLOG_LIMIT {
+                    persist.log.wait_written(last).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until everything this shard journaled so far is durable (`always` mode only).
+    pub async fn durable_barrier(&self) -> Result<(), String> {
+        match &self.persist {
+            Some(p) if p.log.durability == Durability::Always => self.log_barrier(0).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Shard::durable_barrier`] on every shard: after a coordinated write in `always` mode.
+    pub async fn durable_barrier_all(&self) -> Result<(), String> {
+        if self.node.config.persistence.durability != Durability::Always {
+            return Ok(());
+        }
+        let waits = (0..self.shards).map(|target| async move {
+            if target == self.id {
+                return self.durable_barrier().await;
+            }
+            let (reply, receiver) = oneshot::channel();
+            if self.senders.send_to(target, ShardMsg::Barrier(reply)).await.is_err() {
+                return Err("shard unavailable (node shutting down)".to_string());
+            }
+            receiver
+                .await
+                .unwrap_or_else(|_| Err("shard unavailable (node shutting down)".into()))
+        });
+        futures::future::join_all(waits).await.into_iter().collect()
+    }
+
+    /// The error a write command gets while this shard's log cannot take records.
+    pub fn write_refusal(&self, spec: &CommandSpec) -> Option<String> {
+        let persist = self.persist.as_ref()?;
+        if persist.log.state() == LogState::Ok || !spec.is_write() {
+            return None;
+        }
+        Some(misconf(
+            self.id,
+            persist.log.state(),
+            &persist.log.stats.borrow().last_error,
+        ))
+    }
+
+    /// Starts a compaction of this shard; with `wait`, resolves when it is done.
+    pub async fn compact_local(self: &Rc<Self>, wait: bool) -> Result<(), CompactionError> {
+        compaction::try_begin(self)?;
+        if wait {
+            return compaction::run_begun(self).await;
+        }
+        let shard = self.clone();
+        let task = async move {
+            let _ = compaction::run_begun(&shard).await;
+        };
+        match self.background.get() {
+            Some(queue) => match glommio::spawn_local_into(task, queue) {
+                Ok(t) => t.detach(),
+                Err(e) => return Err(CompactionError::Failed(e.to_string())),
+            },
+            None => glommio::spawn_local(task).detach(),
+        };
+        Ok(())
+    }
+
+    /// Starts a compaction on every shard; with `wait`, resolves when all are done.
+    pub async fn compact_all(self: &Rc<Self>, wait: bool) -> Vec<Result<(), CompactionError>> {
+        let runs = (0..self.shards).map(|target| async move {
+            if target == self.id {
+                return self.compact_local(wait).await;
+            }
+            let (reply, receiver) = oneshot::channel();
+            let unavailable = || CompactionError::Failed("shard unavailable (node shutting down)".into());
+            if self
+                .senders
+                .send_to(target, ShardMsg::Compact { wait, reply })
+                .await
+                .is_err()
+            {
+                return Err(unavailable());
+            }
+            receiver.await.unwrap_or_else(|_| Err(unavailable()))
+        });
+        futures::future::join_all(runs).await
+    }
+
+    fn persist_report(&self) -> Option<PersistReport> {
+        let p = self.persist.as_ref()?;
+        let stats = p.log.stats.borrow();
+        Some(PersistReport {
+            state: p.log.state(),
+            last_error: stats.last_error.clone(),
+            bytes_written: stats.bytes_written,
+            fsyncs: stats.fsyncs,
+            records_synced: stats.records_synced,
+            last_fsync_ms_ago: stats.last_fsync.map(|t| t.elapsed().as_millis() as u64),
+            segments: p.log.segment_count(),
+            log_bytes_since_snapshot: p.log_bytes_since_snapshot(),
+            compaction: p.compaction.borrow().clone(),
+            recovery: p.recovery.clone(),
+        })
     }
 
     /// The shard that owns `key` (the stable routing hash).
@@ -305,6 +479,10 @@ impl Shard {
         let Handler::Keyed(run) = spec.handler else {
             unreachable!("run_keyed called for coordinated command {}", spec.name);
         };
+        if let Some(error) = self.write_refusal(spec) {
+            out.error(&error);
+            return;
+        }
         let started = Instant::now();
         let mut keyspace = self.keyspace.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
@@ -436,11 +614,26 @@ impl Shard {
     }
 
     /// Serves one message from another shard.
-    pub async fn handle_msg(&self, msg: ShardMsg) {
+    pub async fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::SequencerAcquire(grant) => self.sequencer.acquire(grant),
             ShardMsg::SequencerRelease => self.sequencer.release(),
+            ShardMsg::Barrier(reply) => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.durable_barrier().await);
+                })
+                .detach();
+            }
+            ShardMsg::Compact { wait, reply } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.compact_local(wait).await);
+                })
+                .detach();
+            }
             ShardMsg::Batch { origin, groups } => {
+                let since = self.log_position();
                 let commands: usize = groups.iter().map(|g| g.commands.len()).sum();
                 let mut out = BytesMut::with_capacity(64 * commands);
                 let mut replies = Vec::with_capacity(groups.len());
@@ -453,12 +646,46 @@ impl Shard {
                     }
                     replies.push((group.ticket, encoded));
                 }
-                // Replies travel on their own mesh, whose receivers never wait on anything, so
-                // two shards sending each other requests and replies cannot block each other.
-                let _ = self.reply_senders.send_to(origin, ReplyBatch { groups: replies }).await;
+                let batch = ReplyBatch { groups: replies };
+                if self.log_position() == since {
+                    // Replies travel on their own mesh, whose receivers never wait on anything, so
+                    // two shards sending each other requests and replies cannot block each other.
+                    let _ = self.reply_senders.send_to(origin, batch).await;
+                } else {
+                    // Writes: the replies leave once the log allows (durable in `always` mode),
+                    // without holding up the next message from `origin`.
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        let mut batch = batch;
+                        if let Err(reason) = shard.log_barrier(since).await {
+                            shard.replace_with_errors(&mut batch, &reason);
+                        }
+                        let _ = shard.reply_senders.send_to(origin, batch).await;
+                    })
+                    .detach();
+                }
             }
             ShardMsg::Call(call, reply) => {
+                let since = self.log_position();
                 let _ = reply.send(self.handle_call(call));
+                if self.log_position() != since {
+                    if let Some(p) = &self.persist {
+                        p.log.kick();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces every reply of a batch whose writes could not be made durable: none of them may be
+    /// acknowledged.
+    fn replace_with_errors(&self, batch: &mut ReplyBatch, reason: &str) {
+        let text = misconf(self.id, LogState::Failed, reason);
+        for (_, replies) in &mut batch.groups {
+            for reply in replies.iter_mut() {
+                let mut out = BytesMut::new();
+                ReplyEncoder::new(&mut out, Protocol::Resp2).error(&text);
+                *reply = out.freeze();
             }
         }
     }
@@ -518,6 +745,10 @@ impl Shard {
                 ks.flush_all();
                 CallReply::Done
             }
+            ShardCall::SwapDb { a, b } => {
+                ks.swap_db(a, b);
+                CallReply::Done
+            }
             ShardCall::Scan {
                 db,
                 cursor,
@@ -559,6 +790,7 @@ impl Shard {
                     expire_cycle_timeouts: self.expire_cycle_timeouts.get(),
                     forwarded_messages: self.forwarded_messages.get(),
                     forwarded_commands: self.forwarded_commands.get(),
+                    persistence: self.persist_report(),
                 }))
             }
             ShardCall::ResetStats => {
@@ -619,4 +851,13 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The error text of a write refused (or lost) because a shard's log cannot take it.
+pub fn misconf(shard: usize, state: LogState, reason: &str) -> String {
+    let until = match state {
+        LogState::DiskFull => "until the disk has room again",
+        _ => "until the node is restarted on a healthy disk",
+    };
+    format!("MISCONF corekv cannot write its log (shard {shard}: {reason}); write commands are refused {until}")
 }

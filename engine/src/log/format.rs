@@ -76,17 +76,24 @@ pub enum RecordType {
     FlushDb = 5,
     /// Empty every database.
     FlushAll = 6,
+    /// Swap databases `db` and the one whose number is the key (2 bytes, little-endian).
+    SwapDb = 7,
+    /// Ends a snapshot: the value is the snapshot's record count (8 bytes, little-endian). Never
+    /// valid in a segment.
+    End = 8,
 }
 
 impl RecordType {
     /// All record types, for tests and exhaustive checks.
-    pub const ALL: [RecordType; 6] = [
+    pub const ALL: [RecordType; 8] = [
         RecordType::Set,
         RecordType::Delete,
         RecordType::Expire,
         RecordType::Persist,
         RecordType::FlushDb,
         RecordType::FlushAll,
+        RecordType::SwapDb,
+        RecordType::End,
     ];
 
     pub fn from_u8(b: u8) -> Option<RecordType> {
@@ -121,28 +128,37 @@ impl Record<'_> {
         if self.flags != 0 {
             return Err("unknown flags");
         }
-        let (key, value, expiry) = match self.kind {
-            // (key allowed, value allowed, expiry: None = any, Some(true) = nonzero, Some(false) = zero).
-            // An empty key is a valid key (Redis allows it).
-            RecordType::Set => (true, true, None),
-            RecordType::Delete | RecordType::Persist => (true, false, Some(false)),
-            RecordType::Expire => (true, false, Some(true)),
-            RecordType::FlushDb => (false, false, Some(false)),
-            RecordType::FlushAll => (false, false, Some(false)),
+        // Allowed key and value lengths (None = any), and the expiry rule (None = any,
+        // Some(true) = non-zero, Some(false) = zero). An empty key is a valid key (Redis allows it).
+        let (key, value, expiry): (Option<usize>, Option<usize>, Option<bool>) = match self.kind {
+            RecordType::Set => (None, None, None),
+            RecordType::Delete | RecordType::Persist => (None, Some(0), Some(false)),
+            RecordType::Expire => (None, Some(0), Some(true)),
+            RecordType::FlushDb | RecordType::FlushAll => (Some(0), Some(0), Some(false)),
+            RecordType::SwapDb => (Some(2), Some(0), Some(false)),
+            RecordType::End => (Some(0), Some(8), Some(false)),
         };
-        if !key && !self.key.is_empty() {
-            return Err("unexpected key");
+        if key.is_some_and(|n| n != self.key.len()) {
+            return Err(if self.key.is_empty() {
+                "missing key"
+            } else {
+                "unexpected key"
+            });
         }
-        if !value && !self.value.is_empty() {
-            return Err("unexpected value");
+        if value.is_some_and(|n| n != self.value.len()) {
+            return Err(if self.value.is_empty() {
+                "missing value"
+            } else {
+                "unexpected value"
+            });
         }
         match expiry {
             Some(true) if self.expiry_ms == 0 => return Err("missing expiry"),
             Some(false) if self.expiry_ms != 0 => return Err("unexpected expiry"),
             _ => {}
         }
-        if self.kind == RecordType::FlushAll && self.db != 0 {
-            return Err("FLUSHALL with a db");
+        if matches!(self.kind, RecordType::FlushAll | RecordType::End) && self.db != 0 {
+            return Err("db on a record that has none");
         }
         if self.key.len() > MAX_KEY_LEN || self.value.len() > MAX_VALUE_LEN {
             return Err("key or value too large");
@@ -441,6 +457,55 @@ mod tests {
     }
 
     #[test]
+    fn swap_db_and_end_records() {
+        let swap = Record {
+            kind: RecordType::SwapDb,
+            db: 2,
+            flags: 0,
+            sequence: 4,
+            expiry_ms: 0,
+            key: &9u16.to_le_bytes(),
+            value: b"",
+        };
+        let end = Record {
+            kind: RecordType::End,
+            db: 0,
+            flags: 0,
+            sequence: 5,
+            expiry_ms: 0,
+            key: b"",
+            value: &42u64.to_le_bytes(),
+        };
+        let mut buf = [0u8; 64];
+        for r in [swap, end] {
+            let n = encode_record(&r, &mut buf).unwrap();
+            assert_eq!(buf[4], r.kind as u8);
+            assert_eq!(decode_record(&buf[..n], r.sequence).unwrap(), r);
+        }
+        assert_eq!(RecordType::from_u8(7), Some(RecordType::SwapDb));
+        assert_eq!(RecordType::from_u8(8), Some(RecordType::End));
+        assert_eq!(RecordType::from_u8(9), None);
+        let bad = [
+            Record { key: b"\x01", ..swap },
+            Record {
+                key: b"\x01\0\0",
+                ..swap
+            },
+            Record { value: b"v", ..swap },
+            Record { expiry_ms: 1, ..swap },
+            Record { value: &[0; 7], ..end },
+            Record { key: b"k", ..end },
+            Record { db: 1, ..end },
+        ];
+        for r in bad {
+            assert!(
+                matches!(encode_record(&r, &mut buf), Err(EncodeError::Invalid(_))),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn byte_layout_is_fixed() {
         let mut buf = [0u8; 64];
         let n = encode_record(&set(0x0102_0304_0506_0708, b"ab", b"xyz", 0x1122), &mut buf).unwrap();
@@ -593,7 +658,7 @@ mod tests {
 
     fn arb_record() -> impl Strategy<Value = (u8, u16, u64, u64, Vec<u8>, Vec<u8>)> {
         (
-            0u8..6,
+            0u8..8,
             any::<u16>(),
             any::<u64>(),
             any::<u64>(),
@@ -612,7 +677,12 @@ mod tests {
                 RecordType::Delete | RecordType::Persist => (db, 0, &key, &[]),
                 RecordType::FlushDb => (db, 0, &[], &[]),
                 RecordType::FlushAll => (0, 0, &[], &[]),
+                RecordType::SwapDb => (db, 0, &key[..2.min(key.len())], &[]),
+                RecordType::End => (0, 0, &[], &value[..8.min(value.len())]),
             };
+            if kind == RecordType::SwapDb && key.len() != 2 || kind == RecordType::End && value.len() != 8 {
+                return Ok(());
+            }
             let rec = Record { kind, db, flags: 0, sequence: seq, expiry_ms: exp, key, value };
             let mut buf = vec![junk; rec.encoded_len() + 8];
             let n = encode_record(&rec, &mut buf).unwrap();

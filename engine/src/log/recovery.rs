@@ -1,5 +1,9 @@
 //! Restart: scan a shard's segments in order, verify them, and replay their records.
 //!
+//! [`recover_shard`] recovers a whole shard directory: the newest snapshot, then the segments it
+//! does not cover (rules in `engine/FORMAT.md`, "Recovery with a snapshot"); [`recover`] scans a
+//! log without snapshots.
+//!
 //! [`recover`] reads the segments oldest first, checks each header (magic, version, CRC, shard,
 //! segment number, continuity of record sequences with the previous segment) and every record
 //! (length, type, CRC, sequence), and hands each record to a callback as a [`ReplayOp`].
@@ -27,7 +31,8 @@ use super::format::{
     decode_record, peek_record_len, DecodeError, HeaderError, Record, RecordType, SegmentHeader, RECORD_OVERHEAD,
     SEGMENT_HEADER_LEN,
 };
-use super::storage::{SegmentStorage, StorageError};
+use super::snapshot::{load_snapshot_with_progress, SnapshotReport};
+use super::storage::{SegmentStorage, SnapshotStore, StorageError};
 use crate::{EngineError, Expiry, Keyspace};
 
 /// What [`recover`] needs to know.
@@ -38,6 +43,10 @@ pub struct RecoveryOptions {
     pub shard_count: u32,
     /// Truncate at corruption instead of refusing (drops everything after it).
     pub repair: bool,
+    /// Never modify storage: no truncation, no removal. A torn tail (or, with `repair`, a
+    /// corruption) is reported and the data after it ignored, as if it had been cut. Used when a
+    /// node restarted with another shard count reads old shards' directories concurrently.
+    pub read_only: bool,
 }
 
 /// One record's effect, as replay applies it.
@@ -66,13 +75,18 @@ pub enum ReplayOp<'a> {
         db: u16,
     },
     FlushAll,
+    SwapDb {
+        a: u16,
+        b: u16,
+    },
 }
 
 impl<'a> ReplayOp<'a> {
     /// The record's effect, as written (expiry times are absolute and left to the applier).
-    pub fn from_record(rec: &Record<'a>) -> ReplayOp<'a> {
+    /// `None` for a record that has no effect on a keyspace (End) or a malformed one.
+    pub fn from_record(rec: &Record<'a>) -> Option<ReplayOp<'a>> {
         let (db, key) = (rec.db, rec.key);
-        match rec.kind {
+        Some(match rec.kind {
             RecordType::Set => ReplayOp::Set {
                 db,
                 key,
@@ -88,7 +102,15 @@ impl<'a> ReplayOp<'a> {
             RecordType::Persist => ReplayOp::Persist { db, key },
             RecordType::FlushDb => ReplayOp::FlushDb { db },
             RecordType::FlushAll => ReplayOp::FlushAll,
-        }
+            RecordType::SwapDb => match *key {
+                [lo, hi] => ReplayOp::SwapDb {
+                    a: db,
+                    b: u16::from_le_bytes([lo, hi]),
+                },
+                _ => return None,
+            },
+            RecordType::End => return None,
+        })
     }
 }
 
@@ -125,6 +147,7 @@ impl<'k> KeyspaceReplay<'k> {
             | ReplayOp::Expire { db, .. }
             | ReplayOp::Persist { db, .. }
             | ReplayOp::FlushDb { db } => db as usize,
+            ReplayOp::SwapDb { a, b } => a.max(b) as usize,
             ReplayOp::FlushAll => 0,
         };
         if db >= ks.databases() {
@@ -150,6 +173,7 @@ impl<'k> KeyspaceReplay<'k> {
             }
             ReplayOp::FlushDb { .. } => ks.flush_db(db),
             ReplayOp::FlushAll => ks.flush_all(),
+            ReplayOp::SwapDb { a, b } => ks.swap_db(a as usize, b as usize),
         }
         Ok(())
     }
@@ -186,6 +210,16 @@ pub enum Corruption {
     MissingSegment { expected: u64, found: u64 },
     #[error("segment starts at record {found}, expected {expected}")]
     SequenceGap { expected: u64, found: u64 },
+    /// The oldest kept segment starts after the record that follows the snapshot (or, without
+    /// a snapshot, after record 1).
+    #[error("log does not continue the snapshot: snapshot through {through}, log starts at {first}")]
+    LogGap { through: u64, first: u64 },
+    #[error("record type {0} is not allowed in a snapshot")]
+    UnexpectedRecord(u8),
+    #[error("snapshot has no end record")]
+    MissingEnd,
+    #[error("snapshot end record counts {found} records, {expected} were read")]
+    BadEndCount { expected: u64, found: u64 },
 }
 
 /// Why recovery stopped.
@@ -201,6 +235,17 @@ pub enum RecoveryError {
         offset: u64,
         reason: Corruption,
     },
+    /// Refusal: a snapshot file is damaged (a snapshot is only installed once complete and
+    /// synced, so any damage is corruption).
+    #[error("corrupt snapshot at offset {offset}: {reason}")]
+    SnapshotCorrupt { offset: u64, reason: Corruption },
+    /// The replay callback failed on a snapshot record.
+    #[error("replaying snapshot record {sequence} (offset {offset}): {source}")]
+    SnapshotReplay {
+        offset: u64,
+        sequence: u64,
+        source: EngineError,
+    },
     /// The replay callback failed on the record at this position.
     #[error("replaying record {sequence} (segment {segment}, offset {offset}): {source}")]
     Replay {
@@ -211,7 +256,9 @@ pub enum RecoveryError {
     },
 }
 
-/// What recovery did at the end of the log.
+/// What recovery did at the end of the log. With [`RecoveryOptions::read_only`] it is what
+/// recovery would have done: nothing was changed on storage, and the data past the point was
+/// ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TailAction {
     /// Nothing to do.
@@ -231,15 +278,19 @@ pub enum TailAction {
     },
 }
 
-/// Progress counters, reported after each segment.
+/// Progress counters, reported after each segment (and about every 64 MiB of a snapshot).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     pub segments_done: usize,
     pub segments_total: usize,
+    /// Bytes read so far (snapshot and segments).
     pub bytes_scanned: u64,
     pub bytes_total: u64,
-    /// Records verified and replayed.
+    /// Records verified (snapshot records and log records).
     pub records: u64,
+    /// Records handed to the replay callback (log records covered by the snapshot are verified
+    /// but not replayed).
+    pub replayed: u64,
 }
 
 /// The outcome of a successful recovery.
@@ -250,8 +301,13 @@ pub struct RecoveryReport {
     pub last_sequence: Option<u64>,
     /// The sequence the next record must carry (1 for an empty log).
     pub next_sequence: u64,
-    /// The newest remaining segment and the offset at which appending continues in it.
+    /// The newest remaining segment and the offset at which its valid data ends.
     pub newest_segment: Option<(u64, u64)>,
+    /// Where the writer appends `next_sequence`: the newest segment and its end, when its last
+    /// record is `next_sequence - 1`. `None`: start a new segment (newest + 1, or 1 when there is
+    /// none) whose first record sequence is `next_sequence` (an empty log, or a log that ends
+    /// before its snapshot).
+    pub append_at: Option<(u64, u64)>,
     pub tail: TailAction,
 }
 
@@ -277,9 +333,10 @@ fn valid_record_after(data: &[u8], from: usize, min_seq: u64) -> bool {
     })
 }
 
-/// Scans and replays a shard's log; see the module doc.
+/// Scans and replays a shard's log (segments only, no snapshot); see the module doc.
 ///
-/// `replay` receives every record in order; `progress` is called after each segment.
+/// `replay` receives every record in order; `progress` is called after each segment. The first
+/// segment must start at record 1.
 pub fn recover<S: SegmentStorage>(
     storage: &mut S,
     opts: &RecoveryOptions,
@@ -294,15 +351,32 @@ pub fn recover<S: SegmentStorage>(
     for &s in &segments {
         prog.bytes_total += storage.len(s)?;
     }
+    scan_log(storage, &segments, opts, 0, prog, progress, replay)
+}
+
+/// Verifies `segments` (the kept part of the log, oldest first) and replays their records with a
+/// sequence above `through` (the snapshot's; 0 without one). The oldest segment must start at a
+/// record ≤ `through + 1`. See the module doc for the handling of the end of the log.
+pub(crate) fn scan_log<S: SegmentStorage>(
+    storage: &mut S,
+    segments: &[u64],
+    opts: &RecoveryOptions,
+    through: u64,
+    mut prog: Progress,
+    progress: &mut dyn FnMut(&Progress),
+    replay: &mut dyn FnMut(&ReplayOp<'_>) -> Result<(), EngineError>,
+) -> Result<RecoveryReport, RecoveryError> {
     let mut report = RecoveryReport {
         progress: prog,
         last_sequence: None,
-        next_sequence: 1,
+        next_sequence: through + 1,
         newest_segment: None,
+        append_at: None,
         tail: TailAction::Clean,
     };
     // (segment number, next expected record sequence) of the previous segment.
     let mut prev: Option<(u64, u64)> = None;
+    let modify = !opts.read_only;
 
     for (i, &seg) in segments.iter().enumerate() {
         let newest = i + 1 == segments.len();
@@ -320,14 +394,16 @@ pub fn recover<S: SegmentStorage>(
                 });
             }
             let later = segments[i + 1..].to_vec();
-            for &l in later.iter().rev() {
-                storage.remove(l)?;
-            }
-            if offset == 0 {
-                storage.remove(seg)?;
-            } else {
-                storage.truncate(seg, offset)?;
-                storage.sync(seg)?;
+            if modify {
+                for &l in later.iter().rev() {
+                    storage.remove(l)?;
+                }
+                if offset == 0 {
+                    storage.remove(seg)?;
+                } else {
+                    storage.truncate(seg, offset)?;
+                    storage.sync(seg)?;
+                }
             }
             Ok(TailAction::Repaired {
                 segment: seg,
@@ -342,7 +418,9 @@ pub fn recover<S: SegmentStorage>(
             Ok(h) => h,
             Err(e) => {
                 if newest && !valid_record_after(&data, SEGMENT_HEADER_LEN.min(data.len()), min_seq) {
-                    storage.remove(seg)?;
+                    if modify {
+                        storage.remove(seg)?;
+                    }
                     report.tail = TailAction::RemovedTornSegment {
                         segment: seg,
                         bytes: file_len,
@@ -380,6 +458,11 @@ pub fn recover<S: SegmentStorage>(
             } else {
                 None
             }
+        } else if header.first_record_seq == 0 || header.first_record_seq > through + 1 {
+            Some(Corruption::LogGap {
+                through,
+                first: header.first_record_seq,
+            })
         } else {
             None
         };
@@ -398,14 +481,20 @@ pub fn recover<S: SegmentStorage>(
             }
             match decode_record(rest, next_seq) {
                 Ok(rec) => {
-                    let op = ReplayOp::from_record(&rec);
-                    replay(&op).map_err(|source| RecoveryError::Replay {
-                        segment: seg,
-                        offset: off as u64,
-                        sequence: rec.sequence,
-                        source,
-                    })?;
-                    report.last_sequence = Some(rec.sequence);
+                    let Some(op) = ReplayOp::from_record(&rec) else {
+                        break Stop::Bad(off as u64, DecodeError::Malformed("end record in a segment"));
+                    };
+                    // Records the snapshot covers are verified, not replayed.
+                    if rec.sequence > through {
+                        replay(&op).map_err(|source| RecoveryError::Replay {
+                            segment: seg,
+                            offset: off as u64,
+                            sequence: rec.sequence,
+                            source,
+                        })?;
+                        report.last_sequence = Some(rec.sequence);
+                        prog.replayed += 1;
+                    }
                     prog.records += 1;
                     off += rec.encoded_len();
                     next_seq += 1;
@@ -415,7 +504,9 @@ pub fn recover<S: SegmentStorage>(
         };
         prog.bytes_scanned += file_len;
         prog.segments_done += 1;
-        report.next_sequence = next_seq;
+        // The snapshot may reach past the end of the log (a log that lost nothing the snapshot
+        // lacks); numbering then continues after the snapshot.
+        report.next_sequence = next_seq.max(through + 1);
 
         let (at, err) = match stop {
             Stop::End(at) => (at, None),
@@ -428,8 +519,10 @@ pub fn recover<S: SegmentStorage>(
                 let reason = err.map_or(Corruption::RecordAfterEnd, Corruption::Record);
                 report.tail = corrupt(storage, at, reason)?;
             } else if !all_zero {
-                storage.truncate(seg, at)?;
-                storage.sync(seg)?;
+                if modify {
+                    storage.truncate(seg, at)?;
+                    storage.sync(seg)?;
+                }
                 report.tail = TailAction::TruncatedTornTail {
                     segment: seg,
                     offset: at,
@@ -442,6 +535,7 @@ pub fn recover<S: SegmentStorage>(
             report.tail = corrupt(storage, at, Corruption::TrailingBytes)?;
         }
         report.newest_segment = Some((seg, at));
+        report.append_at = (next_seq == report.next_sequence).then_some((seg, at));
         prev = Some((seg, next_seq));
         progress(&prog);
         if report.tail != TailAction::Clean {
@@ -450,6 +544,163 @@ pub fn recover<S: SegmentStorage>(
     }
     report.progress = prog;
     Ok(report)
+}
+
+/// How many of `segments` (ascending, from the oldest) hold only records ≤ `through`: segment i
+/// is covered when segment i + 1's header is valid, names it, and starts at a record
+/// ≤ `through + 1`. The newest segment is never covered.
+pub(crate) fn covered_segments<S: SegmentStorage + ?Sized>(
+    storage: &S,
+    segments: &[u64],
+    through: u64,
+) -> Result<usize, StorageError> {
+    let mut block = vec![0u8; SEGMENT_HEADER_LEN];
+    let mut covered = 0;
+    for pair in segments.windows(2) {
+        let next = pair[1];
+        let mut got = 0;
+        while got < block.len() {
+            let n = storage.read_at(next, got as u64, &mut block[got..])?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        match SegmentHeader::decode(&block[..got]) {
+            Ok(h) if h.segment_seq == next && h.first_record_seq <= through + 1 => covered += 1,
+            _ => break,
+        }
+    }
+    Ok(covered)
+}
+
+/// The outcome of [`recover_shard`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRecoveryReport {
+    /// The snapshot loaded (its through-sequence X is `header.through_seq`), if any.
+    pub snapshot: Option<SnapshotReport>,
+    /// Segments the snapshot covers: skipped, and removed unless read-only.
+    pub obsolete_segments: Vec<u64>,
+    /// Older snapshots removed (none when read-only).
+    pub removed_snapshots: Vec<u64>,
+    /// Whether a leftover incomplete snapshot was removed.
+    pub removed_incomplete_snapshot: bool,
+    /// The scan of the kept segments. Its progress counts the snapshot too; its tail, newest
+    /// segment, append position and next sequence are the shard's.
+    pub log: RecoveryReport,
+}
+
+impl ShardRecoveryReport {
+    /// The snapshot's through-sequence, 0 without one.
+    pub fn through_seq(&self) -> u64 {
+        self.snapshot.map_or(0, |s| s.header.through_seq)
+    }
+
+    /// Records handed to the replay callback (snapshot and log).
+    pub fn records_replayed(&self) -> u64 {
+        self.log.progress.replayed
+    }
+
+    /// Bytes read (snapshot and kept segments).
+    pub fn bytes_read(&self) -> u64 {
+        self.log.progress.bytes_scanned
+    }
+
+    /// The sequence the next record must carry.
+    pub fn next_sequence(&self) -> u64 {
+        self.log.next_sequence
+    }
+}
+
+/// Recovers a whole shard directory: the newest snapshot, then the log after it.
+///
+/// 1. A leftover incomplete snapshot is removed (unless read-only).
+/// 2. The newest installed snapshot, if any, is verified and replayed; X is its through-sequence
+///    (0 without one). A damaged snapshot is always refused: it was complete when installed.
+/// 3. Segments covered by it (see [`covered_segments`]) are skipped and, with older snapshots,
+///    removed unless read-only (finishing an interrupted compaction).
+/// 4. The remaining segments are scanned as by [`recover`]: the oldest must start at a record
+///    ≤ X + 1 ([`Corruption::LogGap`] otherwise), records ≤ X are verified but not replayed.
+///
+/// `progress` is called after each segment and about every 64 MiB of the snapshot. Records are
+/// replayed as they are read: on error, whatever `replay` built must be thrown away.
+pub fn recover_shard<S: SegmentStorage + SnapshotStore>(
+    storage: &mut S,
+    opts: &RecoveryOptions,
+    progress: &mut dyn FnMut(&Progress),
+    replay: &mut dyn FnMut(&ReplayOp<'_>) -> Result<(), EngineError>,
+) -> Result<ShardRecoveryReport, RecoveryError> {
+    let modify = !opts.read_only;
+    let removed_incomplete_snapshot = modify && storage.remove_incomplete_snapshot()?;
+    let snapshots = storage.list_snapshots()?;
+    let newest = snapshots.last().copied();
+    let segments = storage.list()?;
+    let covered = match newest {
+        Some(x) => covered_segments(storage, &segments, x)?,
+        None => 0,
+    };
+    let kept = &segments[covered..];
+    let mut prog = Progress {
+        segments_total: kept.len(),
+        ..Progress::default()
+    };
+    for &s in kept {
+        prog.bytes_total += storage.len(s)?;
+    }
+
+    let mut snapshot = None;
+    if let Some(x) = newest {
+        prog.bytes_total += storage.snapshot_len(x)?;
+        let reader = storage.open_snapshot(x)?;
+        let base = prog;
+        let rep = load_snapshot_with_progress(
+            reader,
+            opts,
+            &mut |bytes, records| {
+                progress(&Progress {
+                    bytes_scanned: base.bytes_scanned + bytes,
+                    records: base.records + records,
+                    replayed: base.replayed + records,
+                    ..base
+                })
+            },
+            replay,
+        )?;
+        if rep.header.through_seq != x {
+            return Err(RecoveryError::SnapshotCorrupt {
+                offset: 0,
+                reason: Corruption::Misnamed {
+                    named: x,
+                    in_header: rep.header.through_seq,
+                },
+            });
+        }
+        prog.bytes_scanned += rep.bytes;
+        prog.records += rep.records;
+        prog.replayed += rep.records;
+        snapshot = Some(rep);
+    }
+
+    let mut removed_snapshots = Vec::new();
+    if modify {
+        for &s in &segments[..covered] {
+            storage.remove(s)?;
+        }
+        for &old in &snapshots[..snapshots.len().saturating_sub(1)] {
+            storage.remove_snapshot(old)?;
+            removed_snapshots.push(old);
+        }
+    }
+
+    let through = snapshot.map_or(0, |s: SnapshotReport| s.header.through_seq);
+    let log = scan_log(storage, kept, opts, through, prog, progress, replay)?;
+    Ok(ShardRecoveryReport {
+        snapshot,
+        obsolete_segments: segments[..covered].to_vec(),
+        removed_snapshots,
+        removed_incomplete_snapshot,
+        log,
+    })
 }
 
 #[cfg(test)]
@@ -466,6 +717,7 @@ mod tests {
         shard_id: 0,
         shard_count: 1,
         repair: false,
+        read_only: false,
     };
     const HDR: u64 = SEGMENT_HEADER_LEN as u64;
 
@@ -941,5 +1193,194 @@ mod tests {
                 "seed {seed}"
             );
         }
+    }
+
+    /// A snapshot through `x` holding keys key1..=keyX (as `log_of` writes them).
+    fn snapshot_of(x: u64) -> Vec<u8> {
+        use super::super::snapshot::{SnapshotEncoder, SnapshotHeader};
+        let mut out = Vec::new();
+        let h = SnapshotHeader {
+            shard_id: 0,
+            shard_count: 1,
+            through_seq: x,
+        };
+        let mut enc = SnapshotEncoder::new(&h, &mut out);
+        for i in 1..=x {
+            enc.add(&mut out, 0, &key(i), b"value", None).unwrap();
+        }
+        enc.finish(&mut out);
+        out
+    }
+
+    fn run_shard(
+        s: &mut MemStorage,
+        opts: RecoveryOptions,
+    ) -> Result<(ShardRecoveryReport, Vec<Vec<u8>>, usize), RecoveryError> {
+        let mut keys = Vec::new();
+        let mut calls = 0;
+        let r = recover_shard(s, &opts, &mut |_| calls += 1, &mut |op| {
+            if let ReplayOp::Set { key, .. } = op {
+                keys.push(key.to_vec());
+            }
+            Ok(())
+        })?;
+        Ok((r, keys, calls))
+    }
+
+    #[test]
+    fn shard_recovery_skips_what_the_snapshot_covers() {
+        let mut s = MemStorage::new();
+        let mut w = log_of(&mut s, 100, HDR + 1000);
+        w.roll_over(&mut s).unwrap();
+        let x = w.next_seq - 1;
+        let covered: Vec<u64> = s.list().unwrap()[..w.segment as usize - 1].to_vec();
+        s.install_snapshot(40, snapshot_of(40));
+        s.install_snapshot(x, snapshot_of(x));
+        s.set_incomplete_snapshot(Some(vec![1, 2, 3]));
+        for i in 101..=110 {
+            w.append(T::Set, 0, &key(i), b"value", 0);
+        }
+        w.commit(&mut s).unwrap();
+        let before = s.clone();
+
+        // Read-only: the same result, nothing removed.
+        let ro = RecoveryOptions {
+            read_only: true,
+            ..OPTS
+        };
+        let (r, k, calls) = run_shard(&mut s, ro).unwrap();
+        assert_eq!(k, keys(1..=110));
+        assert_eq!(r.through_seq(), x);
+        assert_eq!((r.snapshot.unwrap().records, r.records_replayed()), (100, 110));
+        assert_eq!(r.obsolete_segments, covered);
+        assert_eq!((r.removed_snapshots.len(), r.removed_incomplete_snapshot), (0, false));
+        assert_eq!((r.next_sequence(), r.log.append_at), (111, Some((w.segment, w.offset))));
+        assert_eq!(calls, 1 + 1);
+        assert_eq!(s.list().unwrap(), before.list().unwrap());
+        assert_eq!(s.list_snapshots().unwrap(), vec![40, x]);
+        assert!(s.has_incomplete_snapshot());
+
+        let (r, k, _) = run_shard(&mut s, OPTS).unwrap();
+        assert_eq!(k, keys(1..=110));
+        assert_eq!((r.removed_snapshots, r.removed_incomplete_snapshot), (vec![40], true));
+        assert_eq!(s.list().unwrap(), vec![w.segment]);
+        assert_eq!(s.list_snapshots().unwrap(), vec![x]);
+        let (r, k, _) = run_shard(&mut s, OPTS).unwrap();
+        assert_eq!(
+            (k, r.obsolete_segments, r.log.tail),
+            (keys(1..=110), vec![], TailAction::Clean)
+        );
+    }
+
+    #[test]
+    fn records_the_snapshot_covers_are_verified_not_replayed() {
+        let mut s = MemStorage::new();
+        log_of(&mut s, 20, 1 << 20);
+        // A snapshot through 12 (taken without rolling over): records 1..=12 are verified only.
+        s.install_snapshot(12, snapshot_of(12));
+        let (r, k, _) = run_shard(&mut s, OPTS).unwrap();
+        assert_eq!(k, keys(1..=20));
+        assert_eq!((r.log.progress.records, r.records_replayed()), (12 + 20, 12 + 8));
+        assert!(r.obsolete_segments.is_empty());
+        // Damage in a covered record is still corruption.
+        s.flip_bit(1, offset_of(3) + 40, 0).unwrap();
+        assert!(matches!(
+            run_shard(&mut s, OPTS),
+            Err(RecoveryError::Corrupt { segment: 1, offset, .. }) if offset == offset_of(3)
+        ));
+    }
+
+    #[test]
+    fn log_must_continue_the_snapshot() {
+        let mut s = MemStorage::new();
+        let mut w = log_of(&mut s, 30, HDR + 500);
+        w.roll_over(&mut s).unwrap();
+        let first_kept = w.segment;
+        // Without a snapshot, a log whose first segment does not start at record 1 is refused.
+        let mut gap = s.clone();
+        gap.remove(1).unwrap();
+        assert!(matches!(
+            run(&mut gap, OPTS),
+            Err(RecoveryError::Corrupt {
+                segment: 2,
+                offset: 0,
+                reason: Corruption::LogGap { through: 0, .. }
+            })
+        ));
+        // A snapshot that ends before the oldest segment starts leaves a hole.
+        let mut hole = s.clone();
+        for seg in 1..first_kept {
+            hole.remove(seg).unwrap();
+        }
+        hole.install_snapshot(5, snapshot_of(5));
+        assert!(matches!(
+            run_shard(&mut hole, OPTS),
+            Err(RecoveryError::Corrupt {
+                reason: Corruption::LogGap { through: 5, first: 31 },
+                ..
+            })
+        ));
+        // A snapshot reaching past the end of the log: numbering continues after it.
+        s.install_snapshot(40, snapshot_of(40));
+        let (r, k, _) = run_shard(&mut s, OPTS).unwrap();
+        assert_eq!(k, keys(1..=40));
+        assert_eq!((r.next_sequence(), r.log.append_at), (41, None));
+        assert_eq!(r.log.newest_segment, Some((first_kept, HDR)));
+    }
+
+    #[test]
+    fn damaged_snapshot_and_read_only_tail() {
+        let mut s = MemStorage::new();
+        let mut w = log_of(&mut s, 10, 1 << 20);
+        s.install_snapshot(10, snapshot_of(10));
+        let len = s.snapshot_len(10).unwrap() as usize;
+        s.snapshot_mut(10).unwrap()[len - 10] ^= 1;
+        assert!(matches!(
+            run_shard(&mut s, RecoveryOptions { repair: true, ..OPTS }),
+            Err(RecoveryError::SnapshotCorrupt {
+                reason: Corruption::Record(DecodeError::BadCrc { .. }),
+                ..
+            })
+        ));
+        s.install_snapshot(10, snapshot_of(10));
+        // A snapshot file under the wrong name.
+        s.install_snapshot(11, snapshot_of(10));
+        assert!(matches!(
+            run_shard(&mut s.clone(), OPTS),
+            Err(RecoveryError::SnapshotCorrupt {
+                reason: Corruption::Misnamed {
+                    named: 11,
+                    in_header: 10
+                },
+                ..
+            })
+        ));
+        s.remove_snapshot(11).unwrap();
+        // A torn tail under read-only is reported, ignored and left in place.
+        let end = w.offset;
+        w.append(T::Set, 0, b"torn", &[1u8; 2000], 0);
+        w.write(&mut s).unwrap();
+        s.crash_tearing_last_write(1, 2);
+        let torn = s.len(1).unwrap();
+        let (r, k, _) = run_shard(
+            &mut s,
+            RecoveryOptions {
+                read_only: true,
+                ..OPTS
+            },
+        )
+        .unwrap();
+        assert_eq!(k, keys(1..=10));
+        assert_eq!(
+            r.log.tail,
+            TailAction::TruncatedTornTail {
+                segment: 1,
+                offset: end,
+                bytes: torn - end
+            }
+        );
+        assert_eq!(s.len(1).unwrap(), torn);
+        run_shard(&mut s, OPTS).unwrap();
+        assert_eq!(s.len(1).unwrap(), end);
     }
 }

@@ -29,6 +29,31 @@ pub enum StorageError {
     /// ENOSPC: nothing was written.
     #[error("no space left on device writing segment {0}")]
     NoSpace(u64),
+    /// Any other failure of a file operation, with the OS's description.
+    #[error("{op} {file}: {message}")]
+    File {
+        file: String,
+        op: &'static str,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+    /// A file whose name claims to be a segment but does not parse as one.
+    #[error("misnamed segment file {0:?}")]
+    MisnamedFile(String),
+    #[error("snapshot {0} does not exist")]
+    SnapshotNotFound(u64),
+}
+
+impl StorageError {
+    /// Wraps an OS error from operation `op` on `file`.
+    pub fn file(file: impl std::fmt::Display, op: &'static str, e: &std::io::Error) -> Self {
+        StorageError::File {
+            file: file.to_string(),
+            op,
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// A shard's segment files.
@@ -72,6 +97,21 @@ pub trait SegmentStorage {
     }
 }
 
+/// A shard's installed snapshots, named by their through-sequence. An installed snapshot is
+/// complete and durable (it is written under a temporary name and renamed once synced); at most
+/// one incomplete snapshot exists, left by a crash mid-write.
+pub trait SnapshotStore {
+    type Reader: std::io::Read;
+    /// Installed snapshots' through-sequences, ascending.
+    fn list_snapshots(&self) -> Result<Vec<u64>, StorageError>;
+    fn snapshot_len(&self, through: u64) -> Result<u64, StorageError>;
+    fn open_snapshot(&self, through: u64) -> Result<Self::Reader, StorageError>;
+    /// Deletes an installed snapshot (durable when it returns).
+    fn remove_snapshot(&mut self, through: u64) -> Result<(), StorageError>;
+    /// Deletes the leftover of a snapshot that was never installed; returns whether one existed.
+    fn remove_incomplete_snapshot(&mut self) -> Result<bool, StorageError>;
+}
+
 #[derive(Clone, Debug)]
 enum PendingOp {
     Write { offset: u64, data: Vec<u8> },
@@ -105,6 +145,9 @@ struct MemSegment {
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     segments: BTreeMap<u64, MemSegment>,
+    /// Installed snapshots (durable as soon as installed, like a synced rename).
+    snapshots: BTreeMap<u64, Vec<u8>>,
+    incomplete_snapshot: Option<Vec<u8>>,
 }
 
 impl MemStorage {
@@ -118,6 +161,25 @@ impl MemStorage {
 
     fn seg_mut(&mut self, segment: u64) -> Result<&mut MemSegment, StorageError> {
         self.segments.get_mut(&segment).ok_or(StorageError::NotFound(segment))
+    }
+
+    /// Installs a complete snapshot with through-sequence `through`.
+    pub fn install_snapshot(&mut self, through: u64, bytes: Vec<u8>) {
+        self.snapshots.insert(through, bytes);
+    }
+
+    /// Leaves an incomplete snapshot behind, as a crash while writing one would.
+    pub fn set_incomplete_snapshot(&mut self, bytes: Option<Vec<u8>>) {
+        self.incomplete_snapshot = bytes;
+    }
+
+    pub fn has_incomplete_snapshot(&self) -> bool {
+        self.incomplete_snapshot.is_some()
+    }
+
+    /// An installed snapshot's bytes, for tests that damage them.
+    pub fn snapshot_mut(&mut self, through: u64) -> Option<&mut Vec<u8>> {
+        self.snapshots.get_mut(&through)
     }
 
     /// Total bytes of all segments as readers see them.
@@ -199,6 +261,65 @@ impl MemStorage {
     fn drop_pending(&mut self, segment: u64) -> Result<(), StorageError> {
         self.seg_mut(segment)?.pending.clear();
         Ok(())
+    }
+}
+
+impl SnapshotStore for MemStorage {
+    type Reader = std::io::Cursor<Vec<u8>>;
+
+    fn list_snapshots(&self) -> Result<Vec<u64>, StorageError> {
+        Ok(self.snapshots.keys().copied().collect())
+    }
+
+    fn snapshot_len(&self, through: u64) -> Result<u64, StorageError> {
+        let s = self
+            .snapshots
+            .get(&through)
+            .ok_or(StorageError::SnapshotNotFound(through))?;
+        Ok(s.len() as u64)
+    }
+
+    fn open_snapshot(&self, through: u64) -> Result<Self::Reader, StorageError> {
+        let s = self
+            .snapshots
+            .get(&through)
+            .ok_or(StorageError::SnapshotNotFound(through))?;
+        Ok(std::io::Cursor::new(s.clone()))
+    }
+
+    fn remove_snapshot(&mut self, through: u64) -> Result<(), StorageError> {
+        self.snapshots
+            .remove(&through)
+            .map(|_| ())
+            .ok_or(StorageError::SnapshotNotFound(through))
+    }
+
+    fn remove_incomplete_snapshot(&mut self) -> Result<bool, StorageError> {
+        Ok(self.incomplete_snapshot.take().is_some())
+    }
+}
+
+impl SnapshotStore for FaultyStorage {
+    type Reader = std::io::Cursor<Vec<u8>>;
+
+    fn list_snapshots(&self) -> Result<Vec<u64>, StorageError> {
+        self.inner.list_snapshots()
+    }
+
+    fn snapshot_len(&self, through: u64) -> Result<u64, StorageError> {
+        self.inner.snapshot_len(through)
+    }
+
+    fn open_snapshot(&self, through: u64) -> Result<Self::Reader, StorageError> {
+        self.inner.open_snapshot(through)
+    }
+
+    fn remove_snapshot(&mut self, through: u64) -> Result<(), StorageError> {
+        self.inner.remove_snapshot(through)
+    }
+
+    fn remove_incomplete_snapshot(&mut self) -> Result<bool, StorageError> {
+        self.inner.remove_incomplete_snapshot()
     }
 }
 

@@ -68,6 +68,22 @@ impl TestWriter {
         self.next_seq - 1
     }
 
+    /// Adds already encoded records (a journal's pending bytes, sequences from `next_seq`).
+    pub fn append_encoded(&mut self, bytes: &[u8], records: u64) {
+        self.batch.extend_from_slice(bytes);
+        self.next_seq += records;
+    }
+
+    /// Commits the batch and starts the next segment (first record sequence = `next_seq`), as
+    /// compaction does before it writes a snapshot.
+    pub fn roll_over(&mut self, storage: &mut impl SegmentStorage) -> Result<(), StorageError> {
+        self.commit(storage)?;
+        if self.offset > SEGMENT_HEADER_LEN as u64 {
+            self.start_segment(storage, self.segment + 1)?;
+        }
+        Ok(())
+    }
+
     /// Writes the batch without syncing it.
     pub fn write(&mut self, storage: &mut impl SegmentStorage) -> Result<(), StorageError> {
         assert!(!self.failed, "writer used after a storage error");

@@ -62,6 +62,11 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
+    /// Whether the command may change data (Redis's `write` flag).
+    pub fn is_write(&self) -> bool {
+        self.flags.contains(&"write")
+    }
+
     /// A command on one key, the first argument, run on that key's shard.
     pub const fn keyed(
         name: &'static str,

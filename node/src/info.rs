@@ -355,6 +355,7 @@ fn persistence_section(line: &mut dyn FnMut(&str, &dyn std::fmt::Display), node:
     line("log_bytes_written", &sum(&|r| r.bytes_written));
     line("log_bytes_since_snapshot", &sum(&|r| r.log_bytes_since_snapshot));
     line("log_segments", &sum(&|r| r.segments as u64));
+    line("log_backlog_bytes", &sum(&|r| r.backlog_bytes));
     line("log_fsyncs", &sum(&|r| r.fsyncs));
     let fsyncs = sum(&|r| r.fsyncs);
     let per_sync = if fsyncs > 0 {

@@ -517,7 +517,13 @@ async fn open_persistence(
     if p.durability == crate::config::Durability::None {
         return Ok(None);
     }
+    // Absolute: glommio opens directories by a path it cannot resolve relative to the process.
     let dir = layout::shard_dir(&config.data_dir, id);
+    let dir = std::fs::canonicalize(&dir).map_err(|e| StartError::Log {
+        shard: id,
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
     let recovered = recovery::recover_own_shard(&dir, id as u32, config.shards as u32, p.repair, keyspace)
         .map_err(StartError::Recovery)?;
     keyspace.attach_journal(corekv_engine::log::journal::Journal::new(recovered.next_seq));

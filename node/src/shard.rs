@@ -265,6 +265,8 @@ pub struct PersistReport {
     pub last_fsync_ms_ago: Option<u64>,
     pub segments: usize,
     pub log_bytes_since_snapshot: u64,
+    /// Journaled bytes the writer has not taken yet.
+    pub backlog_bytes: u64,
     pub compaction: CompactionState,
     pub recovery: RecoverySummary,
 }
@@ -452,7 +454,7 @@ impl Shard {
         futures::future::join_all(runs).await
     }
 
-    fn persist_report(&self) -> Option<PersistReport> {
+    fn persist_report(&self, backlog_bytes: u64) -> Option<PersistReport> {
         let p = self.persist.as_ref()?;
         let stats = p.log.stats.borrow();
         Some(PersistReport {
@@ -464,6 +466,7 @@ impl Shard {
             last_fsync_ms_ago: stats.last_fsync.map(|t| t.elapsed().as_millis() as u64),
             segments: p.log.segment_count(),
             log_bytes_since_snapshot: p.log_bytes_since_snapshot(),
+            backlog_bytes,
             compaction: p.compaction.borrow().clone(),
             recovery: p.recovery.clone(),
         })
@@ -790,7 +793,7 @@ impl Shard {
                     expire_cycle_timeouts: self.expire_cycle_timeouts.get(),
                     forwarded_messages: self.forwarded_messages.get(),
                     forwarded_commands: self.forwarded_commands.get(),
-                    persistence: self.persist_report(),
+                    persistence: self.persist_report(ks.journal_mut().map_or(0, |j| j.pending_len() as u64)),
                 }))
             }
             ShardCall::ResetStats => {

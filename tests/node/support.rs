@@ -89,6 +89,9 @@ pub struct Node {
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     exit: Option<ExitStatus>,
+    /// Whether dropping the node removes its data dir (false for [`Node::start_in`] and after
+    /// [`Node::keep_dir`]).
+    owns_dir: bool,
 }
 
 /// Why a node did not become ready.
@@ -154,7 +157,36 @@ impl Node {
     /// Like [`Node::start`], but returns how it failed instead of panicking.
     /// Defaults are added only for flags that `args` does not set itself.
     pub fn try_start(args: &[&str]) -> Result<Node, StartFailure> {
-        let dir = fresh_dir("node");
+        Node::spawn(fresh_dir("node"), true, args)
+    }
+
+    /// Like [`Node::start`], but on the existing data dir `dir` (unless `args` has `--data-dir`),
+    /// which the node does not own: it is kept when the node is dropped, for restarts on the same
+    /// data. Persistence tests only (corekv).
+    pub fn start_in(dir: &Path, args: &[&str]) -> Node {
+        match Node::try_start_in(dir, args) {
+            Ok(node) => node,
+            Err(f) => panic!(
+                "corekv-node {args:?} on {} did not become ready: exit status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                dir.display(),
+                f.status,
+                f.stdout,
+                f.stderr
+            ),
+        }
+    }
+
+    /// Like [`Node::start_in`], but returns how it failed instead of panicking. The dir is kept
+    /// either way.
+    pub fn try_start_in(dir: &Path, args: &[&str]) -> Result<Node, StartFailure> {
+        assert!(
+            !target_is_redis(),
+            "Node::start_in is corekv-only (call corekv_only() first)"
+        );
+        Node::spawn(dir.to_path_buf(), false, args)
+    }
+
+    fn spawn(dir: PathBuf, owns_dir: bool, args: &[&str]) -> Result<Node, StartFailure> {
         let dir_s = dir.to_str().unwrap().to_string();
         let mut full: Vec<String> = Vec::new();
         if !has_flag(args, "--port") {
@@ -244,6 +276,7 @@ impl Node {
                 stdout: stdout_lines,
                 stderr,
                 exit: None,
+                owns_dir,
             }),
             None => {
                 if status.is_none() {
@@ -257,7 +290,9 @@ impl Node {
                     stdout: stdout_lines.lock().unwrap().join("\n"),
                     stderr: stderr.lock().unwrap().clone(),
                 };
-                let _ = std::fs::remove_dir_all(&dir);
+                if owns_dir {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 Err(f)
             }
         }
@@ -356,6 +391,7 @@ impl Node {
                     stdout: Arc::new(Mutex::new(Vec::new())),
                     stderr,
                     exit: None,
+                    owns_dir: true,
                 };
             }
             let _ = child.kill();
@@ -396,7 +432,18 @@ impl Node {
         let client = redis::Client::open(self.url()).expect("client");
         let con = client
             .get_connection_with_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url()));
+            .unwrap_or_else(|e| {
+                // A process that exited but was not reaped yet shows as a zombie (state Z).
+                let state = self.child.as_ref().and_then(|c| {
+                    let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
+                    stat.rsplit(')').next()?.split_whitespace().next().map(str::to_string)
+                });
+                panic!(
+                    "connect to {}: {e} (process state: {state:?}); stderr:\n{}",
+                    self.url(),
+                    self.stderr()
+                )
+            });
         con.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
         con.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
         con
@@ -453,6 +500,17 @@ impl Node {
             .unwrap_or_else(|| panic!("process did not exit within {EXIT_TIMEOUT:?} of {signal}"))
     }
 
+    /// SIGKILL: the process dies at once, without any shutdown work. Returns its exit status.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGKILL)
+    }
+
+    /// Keep the data dir when this node is dropped (the caller cleans it up, e.g. with a
+    /// [`TestDir`]).
+    pub fn keep_dir(&mut self) {
+        self.owns_dir = false;
+    }
+
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if let Some(s) = self.exit {
@@ -497,8 +555,97 @@ impl Drop for Node {
                 let _ = child.wait();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+/// A fresh directory (see [`fresh_dir`]) removed with everything in it on drop: the data dir that
+/// several nodes share one after the other in persistence tests.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> TestDir {
+        TestDir { path: fresh_dir(tag) }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The shard directories (`shard-NNN`) of a data dir, sorted.
+pub fn shard_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && file_name(p).starts_with("shard-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The log segment files (`shard-NNN/segment-N.log`) of a data dir, sorted by shard then number.
+pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+    files_matching(data_dir, "segment-", ".log")
+}
+
+/// The snapshot files (`shard-NNN/snapshot-N.snap`) of a data dir, sorted by shard then number.
+pub fn snapshot_files(data_dir: &Path) -> Vec<PathBuf> {
+    files_matching(data_dir, "snapshot-", ".snap")
+}
+
+fn files_matching(data_dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for shard in shard_dirs(data_dir) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&shard)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = file_name(p);
+                p.is_file() && n.starts_with(prefix) && n.ends_with(suffix)
+            })
+            .collect();
+        // Zero-padded numbers: lexical order is numeric order.
+        files.sort();
+        v.extend(files);
+    }
+    v
+}
+
+/// The last component of a path, as a string.
+pub fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Total size in bytes of the regular files under `path` (recursively).
+pub fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&p),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// A currently free TCP port on 127.0.0.1 (for redis-server, which has no `--port 0`).

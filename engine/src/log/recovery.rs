@@ -320,17 +320,38 @@ enum Stop {
 }
 
 /// Is there a record that decodes, with sequence ≥ `min_seq`, anywhere in `data[from..]`?
+/// Whether `bytes` are all zero. Pre-allocated segments end in megabytes of zeros, so this
+/// compares whole blocks (memcmp) rather than byte by byte.
+fn is_all_zeros(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|chunk| chunk == &ZEROS[..chunk.len()])
+}
+
 fn valid_record_after(data: &[u8], from: usize, min_seq: u64) -> bool {
-    (from..data.len().saturating_sub(RECORD_OVERHEAD - 1)).any(|p| {
-        let rest = &data[p..];
-        match peek_record_len(rest) {
-            Some(len) if len as usize >= RECORD_OVERHEAD && len as usize <= rest.len() => {
-                let seq = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
-                seq >= min_seq && decode_record(rest, seq).is_ok()
-            }
-            _ => false,
+    const BLOCK: usize = 4096;
+    let end = data.len().saturating_sub(RECORD_OVERHEAD - 1);
+    let mut p = from;
+    while p < end {
+        // No record starts where its length field is zero: skip runs of zero blocks (the
+        // pre-allocated rest of a segment) a block at a time. A record may still start in the
+        // last 3 bytes of a zero block, its length's high bytes being in the next block.
+        let block_end = (p / BLOCK + 1) * BLOCK;
+        if data[p] == 0 && block_end <= data.len() && is_all_zeros(&data[p..block_end]) {
+            p = (block_end - 3).max(p + 1);
+            continue;
         }
-    })
+        let rest = &data[p..];
+        if let Some(len) = peek_record_len(rest) {
+            if len as usize >= RECORD_OVERHEAD && len as usize <= rest.len() {
+                let seq = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
+                if seq >= min_seq && decode_record(rest, seq).is_ok() {
+                    return true;
+                }
+            }
+        }
+        p += 1;
+    }
+    false
 }
 
 /// Scans and replays a shard's log (segments only, no snapshot); see the module doc.
@@ -513,7 +534,7 @@ pub(crate) fn scan_log<S: SegmentStorage>(
             Stop::Bad(at, e) => (at, Some(e)),
         };
         let tail = &data[at as usize..];
-        let all_zero = tail.iter().all(|&b| b == 0);
+        let all_zero = is_all_zeros(tail);
         if newest {
             if valid_record_after(&data, at as usize + usize::from(err.is_none()), next_seq) {
                 let reason = err.map_or(Corruption::RecordAfterEnd, Corruption::Record);

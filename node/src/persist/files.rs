@@ -6,8 +6,10 @@
 //!
 //! Every write covers whole [`BLOCK`]-sized blocks at a block-aligned offset, as O_DIRECT demands.
 
+use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use corekv_engine::log::dir_storage::segment_file_name;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -24,7 +26,8 @@ pub fn align_down(n: u64) -> u64 {
 }
 
 /// What the writer asks of the disk. Segments are named by number; the writer keeps at most two
-/// open (the current one and a pre-allocated spare).
+/// open (the current one and a pre-allocated spare). Methods take `&self` so that a periodic
+/// sync can be in flight while later records are written.
 #[allow(async_fn_in_trait)] // single-threaded executor: the futures need not be Send
 pub trait LogFiles {
     type Buf: AsMut<[u8]>;
@@ -33,36 +36,38 @@ pub trait LogFiles {
     fn alloc(&self, len: usize) -> Self::Buf;
     /// Creates segment `n` and reserves `size` bytes for it, then syncs the directory. Its header
     /// block is written later (by [`LogFiles::write`] and [`LogFiles::sync`]) before any record.
-    async fn create(&mut self, n: u64, size: u64) -> io::Result<()>;
+    async fn create(&self, n: u64, size: u64) -> io::Result<()>;
     /// Writes `buf` at `offset` (both block-aligned) of segment `n`.
-    async fn write(&mut self, n: u64, offset: u64, buf: Self::Buf) -> io::Result<()>;
+    async fn write(&self, n: u64, offset: u64, buf: Self::Buf) -> io::Result<()>;
     /// fdatasync of segment `n`.
-    async fn sync(&mut self, n: u64) -> io::Result<()>;
+    async fn sync(&self, n: u64) -> io::Result<()>;
     /// No more writes go to segment `n`: release its handle.
-    async fn close(&mut self, n: u64) -> io::Result<()>;
+    async fn close(&self, n: u64) -> io::Result<()>;
     /// Deletes segment `n` (closed or never opened here) and syncs the directory.
-    async fn remove(&mut self, n: u64) -> io::Result<()>;
+    async fn remove(&self, n: u64) -> io::Result<()>;
 }
 
 /// Segments of one shard directory, through glommio's DMA files.
 pub struct DmaLogFiles {
     dir: PathBuf,
-    open: Vec<(u64, DmaFile)>,
+    /// Open segments; never borrowed across an await (a file is cloned out first).
+    open: RefCell<Vec<(u64, Rc<DmaFile>)>>,
 }
 
 impl DmaLogFiles {
     pub fn new(dir: &Path) -> Self {
         DmaLogFiles {
             dir: dir.to_owned(),
-            open: Vec::with_capacity(2),
+            open: RefCell::new(Vec::with_capacity(2)),
         }
     }
 
-    fn file(&self, n: u64) -> io::Result<&DmaFile> {
+    fn file(&self, n: u64) -> io::Result<Rc<DmaFile>> {
         self.open
+            .borrow()
             .iter()
             .find(|(m, _)| *m == n)
-            .map(|(_, f)| f)
+            .map(|(_, f)| f.clone())
             .ok_or_else(|| io::Error::other(format!("segment {n} is not open")))
     }
 
@@ -78,7 +83,7 @@ impl LogFiles for DmaLogFiles {
 
     fn alloc(&self, len: usize) -> DmaBuffer {
         debug_assert_eq!(len as u64 % BLOCK, 0);
-        let mut buf = match self.open.first() {
+        let mut buf = match self.open.borrow().first() {
             Some((_, f)) => f.alloc_dma_buffer(len),
             None => glommio::allocate_dma_buffer(len),
         };
@@ -86,7 +91,7 @@ impl LogFiles for DmaLogFiles {
         buf
     }
 
-    async fn create(&mut self, n: u64, size: u64) -> io::Result<()> {
+    async fn create(&self, n: u64, size: u64) -> io::Result<()> {
         let path = self.dir.join(segment_file_name(n));
         let file = OpenOptions::new()
             .read(true)
@@ -102,11 +107,11 @@ impl LogFiles for DmaLogFiles {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
         }
-        self.open.push((n, file));
+        self.open.borrow_mut().push((n, Rc::new(file)));
         self.sync_dir().await
     }
 
-    async fn write(&mut self, n: u64, offset: u64, buf: DmaBuffer) -> io::Result<()> {
+    async fn write(&self, n: u64, offset: u64, buf: DmaBuffer) -> io::Result<()> {
         let len = buf.len();
         let written = self.file(n)?.write_at(buf, offset).await.map_err(io::Error::from)?;
         if written != len {
@@ -118,19 +123,21 @@ impl LogFiles for DmaLogFiles {
         Ok(())
     }
 
-    async fn sync(&mut self, n: u64) -> io::Result<()> {
+    async fn sync(&self, n: u64) -> io::Result<()> {
         self.file(n)?.fdatasync().await.map_err(io::Error::from)
     }
 
-    async fn close(&mut self, n: u64) -> io::Result<()> {
-        if let Some(i) = self.open.iter().position(|(m, _)| *m == n) {
-            let (_, file) = self.open.swap_remove(i);
-            file.close().await.map_err(io::Error::from)?;
+    async fn close(&self, n: u64) -> io::Result<()> {
+        let position = self.open.borrow().iter().position(|(m, _)| *m == n);
+        if let Some(i) = position {
+            let (_, file) = self.open.borrow_mut().swap_remove(i);
+            // A sync still in flight holds another reference; the last one closes the file.
+            file.close_rc().await.map_err(io::Error::from)?;
         }
         Ok(())
     }
 
-    async fn remove(&mut self, n: u64) -> io::Result<()> {
+    async fn remove(&self, n: u64) -> io::Result<()> {
         self.close(n).await?;
         match std::fs::remove_file(self.dir.join(segment_file_name(n))) {
             Ok(()) => {}

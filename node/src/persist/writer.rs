@@ -22,6 +22,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+
+use futures::FutureExt;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -100,8 +102,7 @@ pub struct LogWriter<F: LogFiles> {
     pub durability: Durability,
     pub fsync_interval: Duration,
     pub segment_size: u64,
-    /// Owned by the writer task while it runs (nothing else touches the files).
-    files: RefCell<Option<F>>,
+    files: F,
     /// Segments covered by a snapshot through this sequence are removed by the writer task.
     remove_through: Cell<Option<u64>>,
     pos: RefCell<Position>,
@@ -126,6 +127,9 @@ pub struct LogWriter<F: LogFiles> {
 /// Receives the new state and, unless it is `Ok`, the reason.
 pub type StateObserver = Box<dyn Fn(LogState, &str)>;
 
+/// A sync running beside the writes: resolves to the last sequence it covers and its outcome.
+type SyncFuture<'a> = Pin<Box<dyn Future<Output = (u64, std::io::Result<()>)> + 'a>>;
+
 /// Takes every pending journal record into the buffer (cleared first) and returns the sequence of
 /// the last record taken (or of the last record ever journaled when nothing was pending).
 pub type TakePending<'a> = &'a dyn Fn(&mut Vec<u8>) -> u64;
@@ -136,7 +140,7 @@ impl<F: LogFiles> LogWriter<F> {
     /// first segment is created and its header synced before this returns.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
-        mut files: F,
+        files: F,
         shard_id: u32,
         shard_count: u32,
         durability: Durability,
@@ -154,7 +158,7 @@ impl<F: LogFiles> LogWriter<F> {
             durability,
             fsync_interval,
             segment_size,
-            files: RefCell::new(None),
+            files,
             remove_through: Cell::new(None),
             pos: RefCell::new(Position {
                 segment: next_segment,
@@ -180,8 +184,7 @@ impl<F: LogFiles> LogWriter<F> {
             }),
             observer: RefCell::new(None),
         };
-        writer.start_segment(&mut files, next_segment, next_seq).await?;
-        *writer.files.borrow_mut() = Some(files);
+        writer.start_segment(next_segment, next_seq).await?;
         Ok(writer)
     }
 
@@ -267,17 +270,17 @@ impl<F: LogFiles> LogWriter<F> {
     }
 
     /// Writes the header of segment `n` (already created) and syncs it.
-    async fn start_segment(&self, files: &mut F, n: u64, first_seq: u64) -> std::io::Result<()> {
+    async fn start_segment(&self, n: u64, first_seq: u64) -> std::io::Result<()> {
         let header = SegmentHeader {
             shard_id: self.shard_id,
             shard_count: self.shard_count,
             segment_seq: n,
             first_record_seq: first_seq,
         };
-        let mut buf = files.alloc(SEGMENT_HEADER_LEN);
+        let mut buf = self.files.alloc(SEGMENT_HEADER_LEN);
         header.encode(&mut buf.as_mut()[..SEGMENT_HEADER_LEN]);
-        files.write(n, 0, buf).await?;
-        files.sync(n).await?;
+        self.files.write(n, 0, buf).await?;
+        self.files.sync(n).await?;
         let mut pos = self.pos.borrow_mut();
         pos.end = SEGMENT_HEADER_LEN as u64;
         pos.tail.clear();
@@ -287,25 +290,25 @@ impl<F: LogFiles> LogWriter<F> {
 
     /// Moves to the next segment; the next record written has sequence `first_seq`.
     /// `min_size` is the room the first record needs.
-    async fn roll(&self, files: &mut F, first_seq: u64, min_size: u64) -> std::io::Result<()> {
+    async fn roll(&self, first_seq: u64, min_size: u64) -> std::io::Result<()> {
         let (old, spare) = {
             let pos = self.pos.borrow();
             (pos.segment, pos.spare)
         };
         // The old segment must be complete on disk before a later one holds records. (Records of
         // the batch being written may be in it without `written_seq` showing them yet.)
-        self.sync_current(files).await?;
-        files.close(old).await?;
+        self.sync_current().await?;
+        self.files.close(old).await?;
         let want = self.segment_size.max(align_up(SEGMENT_HEADER_LEN as u64 + min_size));
         let (n, size) = match spare {
             Some((n, size)) if size >= want => (n, size),
             Some((n, _)) => {
-                files.remove(n).await?;
-                files.create(n, want).await?;
+                self.files.remove(n).await?;
+                self.files.create(n, want).await?;
                 (n, want)
             }
             None => {
-                files.create(old + 1, want).await?;
+                self.files.create(old + 1, want).await?;
                 (old + 1, want)
             }
         };
@@ -316,26 +319,34 @@ impl<F: LogFiles> LogWriter<F> {
             pos.spare = None;
         }
         self.stats.borrow_mut().segments_created += 1;
-        self.start_segment(files, n, first_seq).await
+        self.start_segment(n, first_seq).await
     }
 
-    async fn sync_current(&self, files: &mut F) -> std::io::Result<()> {
+    async fn sync_current(&self) -> std::io::Result<()> {
         let segment = self.pos.borrow().segment;
-        files.sync(segment).await?;
-        let synced = self.written_seq.get();
+        // Only what was written before the sync began is covered by it.
+        let through = self.written_seq.get();
+        self.files.sync(segment).await?;
+        self.mark_durable(through);
+        Ok(())
+    }
+
+    fn mark_durable(&self, through: u64) {
+        let before = self.durable_seq.get();
         let mut stats = self.stats.borrow_mut();
         stats.fsyncs += 1;
         stats.last_fsync = Some(Instant::now());
-        stats.records_synced += synced - self.durable_seq.get();
+        if through > before {
+            stats.records_synced += through - before;
+            self.durable_seq.set(through);
+        }
         drop(stats);
-        self.durable_seq.set(synced);
         self.wake_waiters();
-        Ok(())
     }
 
     /// Writes `data` (whole records) after the current segment's data, in pieces of at most
     /// [`MAX_WRITE`]. The caller made sure they fit.
-    async fn write_records(&self, files: &mut F, data: &[u8]) -> std::io::Result<()> {
+    async fn write_records(&self, data: &[u8]) -> std::io::Result<()> {
         for piece in data.chunks(MAX_WRITE) {
             let (segment, offset, buf) = {
                 let pos = self.pos.borrow();
@@ -343,7 +354,7 @@ impl<F: LogFiles> LogWriter<F> {
                 let tail = pos.tail.len();
                 debug_assert_eq!(start + tail as u64, pos.end);
                 let total = tail + piece.len();
-                let mut buf = files.alloc(align_up(total as u64) as usize);
+                let mut buf = self.files.alloc(align_up(total as u64) as usize);
                 let bytes = buf.as_mut();
                 bytes[..tail].copy_from_slice(&pos.tail);
                 bytes[tail..total].copy_from_slice(piece);
@@ -358,7 +369,7 @@ impl<F: LogFiles> LogWriter<F> {
                 bytes[at..at + keep].to_vec()
             };
             let len = buf.as_mut().len() as u64;
-            files.write(segment, offset, buf).await?;
+            self.files.write(segment, offset, buf).await?;
             let mut pos = self.pos.borrow_mut();
             pos.end = new_end;
             pos.tail = new_tail;
@@ -370,10 +381,10 @@ impl<F: LogFiles> LogWriter<F> {
     }
 
     /// Writes a batch of records (sequences `first_seq..`), rolling over where they do not fit.
-    async fn append(&self, files: &mut F, mut data: &[u8], mut next_seq: u64) -> std::io::Result<()> {
+    async fn append(&self, mut data: &[u8], mut next_seq: u64) -> std::io::Result<()> {
         while !data.is_empty() {
             if self.roll_requested.replace(false) && self.pos.borrow().end > SEGMENT_HEADER_LEN as u64 {
-                self.roll(files, next_seq, 0).await?;
+                self.roll(next_seq, 0).await?;
             }
             let room = {
                 let pos = self.pos.borrow();
@@ -382,10 +393,10 @@ impl<F: LogFiles> LogWriter<F> {
             let (fit, records) = fitting(data, room);
             if records == 0 {
                 let first = peek_record_len(data).unwrap_or(0) as u64;
-                self.roll(files, next_seq, first).await?;
+                self.roll(next_seq, first).await?;
                 continue;
             }
-            self.write_records(files, &data[..fit]).await?;
+            self.write_records(&data[..fit]).await?;
             data = &data[fit..];
             next_seq += records;
         }
@@ -394,7 +405,7 @@ impl<F: LogFiles> LogWriter<F> {
 
     /// Creates the next segment ahead of time once the current one is half full; a full disk is
     /// thus noticed while the current segment still has room for what was already accepted.
-    async fn prepare_spare(&self, files: &mut F) {
+    async fn prepare_spare(&self) {
         let (segment, end, size, has_spare, failed_at) = {
             let pos = self.pos.borrow();
             (pos.segment, pos.end, pos.size, pos.spare.is_some(), pos.spare_failed_at)
@@ -402,7 +413,7 @@ impl<F: LogFiles> LogWriter<F> {
         if has_spare || end < size / 2 || failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY) {
             return;
         }
-        let result = files.create(segment + 1, self.segment_size).await;
+        let result = self.files.create(segment + 1, self.segment_size).await;
         let mut pos = self.pos.borrow_mut();
         match result {
             Ok(()) => {
@@ -429,19 +440,27 @@ impl<F: LogFiles> LogWriter<F> {
 
     /// The writer task: runs until [`LogWriter::stop`] (then everything taken is synced) or a
     /// failure.
+    ///
+    /// In `always` mode each turn writes and then syncs before taking more. In `periodic` mode a
+    /// due sync runs beside the writes (records keep reaching the kernel while the disk syncs), so
+    /// a killed process loses only what was not yet written, however slow the sync.
     pub async fn run(&self, take: TakePending<'_>) {
-        let Some(mut files) = self.files.borrow_mut().take() else {
-            return;
-        };
-        let files = &mut files;
         let mut batch = Vec::new();
+        let mut background: Option<SyncFuture<'_>> = None;
         loop {
             let stopping = self.stop_requested.get();
+            if let Some(done) = background.as_mut().and_then(|f| f.now_or_never()) {
+                background = None;
+                if let Err(e) = self.synced(done) {
+                    self.fail("fdatasync failed", &e);
+                    break;
+                }
+            }
             batch.clear();
             let last = take(&mut batch);
             if !batch.is_empty() {
                 let first = last + 1 - count_records(&batch);
-                if let Err(e) = self.append(files, &batch, first).await {
+                if let Err(e) = self.append(&batch, first).await {
                     self.fail("write failed", &e);
                     break;
                 }
@@ -449,24 +468,38 @@ impl<F: LogFiles> LogWriter<F> {
                 self.wake_waiters();
             } else if self.roll_requested.get() && self.pos.borrow().end > SEGMENT_HEADER_LEN as u64 {
                 self.roll_requested.set(false);
-                if let Err(e) = self.roll(files, self.written_seq.get() + 1, 0).await {
+                if let Err(e) = self.roll(self.written_seq.get() + 1, 0).await {
                     self.fail("segment roll-over failed", &e);
                     break;
                 }
             }
             let unsynced = self.written_seq.get() > self.durable_seq.get();
-            let sync_due = match self.durability {
-                Durability::Always => true,
-                _ => self
-                    .stats
-                    .borrow()
-                    .last_fsync
-                    .is_none_or(|t| t.elapsed() >= self.fsync_interval),
-            };
-            if unsynced && (sync_due || stopping) {
-                if let Err(e) = self.sync_current(files).await {
-                    self.fail("fdatasync failed", &e);
-                    break;
+            if self.durability == Durability::Always || stopping {
+                if let Some(pending) = background.take() {
+                    if let Err(e) = self.synced(pending.await) {
+                        self.fail("fdatasync failed", &e);
+                        break;
+                    }
+                }
+                if self.written_seq.get() > self.durable_seq.get() {
+                    if let Err(e) = self.sync_current().await {
+                        self.fail("fdatasync failed", &e);
+                        break;
+                    }
+                }
+            } else if unsynced && background.is_none() && self.periodic_sync_due() {
+                let segment = self.pos.borrow().segment;
+                let through = self.written_seq.get();
+                let mut sync: SyncFuture<'_> = Box::pin(async move { (through, self.files.sync(segment).await) });
+                // Polled once now, so it holds the segment's file before a roll-over closes it.
+                match (&mut sync).now_or_never() {
+                    Some(done) => {
+                        if let Err(e) = self.synced(done) {
+                            self.fail("fdatasync failed", &e);
+                            break;
+                        }
+                    }
+                    None => background = Some(sync),
                 }
             }
             if stopping && batch.is_empty() {
@@ -474,26 +507,47 @@ impl<F: LogFiles> LogWriter<F> {
                 break;
             }
             if let Some(through) = self.remove_through.take() {
-                if let Err(e) = self.remove_covered(files, through).await {
+                if let Err(e) = self.remove_covered(through).await {
                     tracing::warn!(
                         "shard {}: cannot remove log segments covered by a snapshot: {e}",
                         self.shard_id
                     );
                 }
             }
-            self.prepare_spare(files).await;
+            self.prepare_spare().await;
             if !stopping {
-                self.idle().await;
+                if let Some(done) = self.idle(&mut background).await {
+                    background = None;
+                    if let Err(e) = self.synced(done) {
+                        self.fail("fdatasync failed", &e);
+                        break;
+                    }
+                }
             }
         }
         self.stopped.set(true);
         self.wake_waiters();
     }
 
-    /// Waits for a kick, or for the periodic sync to fall due while data is unsynced.
-    async fn idle(&self) {
+    fn periodic_sync_due(&self) -> bool {
+        self.stats
+            .borrow()
+            .last_fsync
+            .is_none_or(|t| t.elapsed() >= self.fsync_interval)
+    }
+
+    /// Records the outcome of a background sync that covered the records up to `through`.
+    fn synced(&self, (through, result): (u64, std::io::Result<()>)) -> std::io::Result<()> {
+        result?;
+        self.mark_durable(through);
+        Ok(())
+    }
+
+    /// Waits for a kick, for the periodic sync to fall due while data is unsynced, or for the
+    /// background sync to finish (whose outcome it returns).
+    async fn idle(&self, background: &mut Option<SyncFuture<'_>>) -> Option<(u64, std::io::Result<()>)> {
         let unsynced = self.written_seq.get() > self.durable_seq.get();
-        let timeout = if unsynced && self.durability != Durability::Always {
+        let timeout = if unsynced && background.is_none() && self.durability != Durability::Always {
             let since = self
                 .stats
                 .borrow()
@@ -504,13 +558,23 @@ impl<F: LogFiles> LogWriter<F> {
             None
         };
         let kicked = Kicked { log: self };
-        match timeout {
-            None => kicked.await,
-            Some(d) => {
-                let sleep = glommio::timer::sleep(d);
-                futures::pin_mut!(sleep);
-                futures::future::select(kicked, sleep).await;
+        let sleep = async {
+            match timeout {
+                Some(d) => glommio::timer::sleep(d).await,
+                None => futures::future::pending().await,
             }
+        };
+        let sync = async {
+            match background.as_mut() {
+                Some(f) => Some(f.await),
+                None => futures::future::pending().await,
+            }
+        };
+        futures::pin_mut!(sleep, sync);
+        let wake = futures::future::select(kicked, sleep);
+        match futures::future::select(wake, sync).await {
+            futures::future::Either::Left(_) => None,
+            futures::future::Either::Right((done, _)) => done,
         }
     }
 
@@ -529,7 +593,7 @@ impl<F: LogFiles> LogWriter<F> {
 
     /// Removes segments entirely covered by a snapshot through `through_seq`: those whose
     /// successor starts at or before `through_seq + 1`. Never the current segment.
-    async fn remove_covered(&self, files: &mut F, through_seq: u64) -> std::io::Result<usize> {
+    async fn remove_covered(&self, through_seq: u64) -> std::io::Result<usize> {
         let covered: Vec<u64> = {
             let segments = self.segments.borrow();
             segments
@@ -539,7 +603,7 @@ impl<F: LogFiles> LogWriter<F> {
                 .collect()
         };
         for &n in &covered {
-            files.remove(n).await?;
+            self.files.remove(n).await?;
             self.segments.borrow_mut().retain(|(m, _)| *m != n);
         }
         Ok(covered.len())
@@ -674,7 +738,7 @@ mod tests {
         fn alloc(&self, len: usize) -> Vec<u8> {
             vec![0; len]
         }
-        async fn create(&mut self, n: u64, size: u64) -> std::io::Result<()> {
+        async fn create(&self, n: u64, size: u64) -> std::io::Result<()> {
             let mut s = self.0.borrow_mut();
             s.create(n).map_err(io)?;
             if let Err(e) = s.write_at(n, 0, &vec![0; size as usize]) {
@@ -683,16 +747,16 @@ mod tests {
             }
             Ok(())
         }
-        async fn write(&mut self, n: u64, offset: u64, buf: Vec<u8>) -> std::io::Result<()> {
+        async fn write(&self, n: u64, offset: u64, buf: Vec<u8>) -> std::io::Result<()> {
             self.0.borrow_mut().write_at(n, offset, &buf).map_err(io)
         }
-        async fn sync(&mut self, n: u64) -> std::io::Result<()> {
+        async fn sync(&self, n: u64) -> std::io::Result<()> {
             self.0.borrow_mut().sync(n).map_err(io)
         }
-        async fn close(&mut self, _n: u64) -> std::io::Result<()> {
+        async fn close(&self, _n: u64) -> std::io::Result<()> {
             Ok(())
         }
-        async fn remove(&mut self, n: u64) -> std::io::Result<()> {
+        async fn remove(&self, n: u64) -> std::io::Result<()> {
             self.0.borrow_mut().remove(n).map_err(io)
         }
     }

@@ -776,13 +776,22 @@ fn crash_periodic_mode_loses_only_writes_within_the_fsync_window() {
     }
     const ROUNDS: usize = 3;
     // fsync interval (200 ms) plus a generous margin: a process crash in periodic mode loses at
-    // most what was not yet handed to the kernel, the stated window is the fsync interval. (Default
-    // segment size: a roll-over waits for the previous segment's sync, which the README states.)
+    // most what was not yet handed to the kernel, the stated window is the fsync interval. (Large
+    // segments: a roll-over waits for the previous segment's sync, which the README states.)
     const WINDOW: Duration = Duration::from_millis(1200);
     let seed = test_seed("crash_periodic_mode_loses_only_writes_within_the_fsync_window");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = TestDir::new("crash-periodic");
-    let args = ["--durability", "periodic", "--fsync-interval", "200ms", "--shards", "2"];
+    let args = [
+        "--durability",
+        "periodic",
+        "--fsync-interval",
+        "200ms",
+        "--shards",
+        "2",
+        "--segment-size",
+        "32mb",
+    ];
     let mut history: Vec<Vec<WriterLog>> = Vec::new();
     let mut kill_times: Vec<Instant> = Vec::new();
     for round in 0..=ROUNDS {

@@ -202,6 +202,11 @@ impl Node {
         if !has_flag(args, "--shards") {
             full.extend(["--shards".into(), "2".into()]);
         }
+        // A node writes its log segments full of zeros when it creates them; small segments keep
+        // the many short-lived test nodes cheap on disk.
+        if !has_flag(args, "--segment-size") {
+            full.extend(["--segment-size".into(), "4mb".into()]);
+        }
         full.extend(args.iter().map(|s| s.to_string()));
 
         let mut child = Command::new(BIN)

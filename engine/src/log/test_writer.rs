@@ -2,7 +2,8 @@
 //! syncs it, rolls to a new segment past a size limit, following the order in `engine/FORMAT.md`.
 //! After any storage error it refuses further work (the fsyncgate rule).
 
-use super::format::{encode_record, Record, RecordType, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::format::{RecordType, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::journal::Journal;
 use super::storage::{SegmentStorage, StorageError};
 
 pub struct TestWriter {
@@ -52,19 +53,10 @@ impl TestWriter {
 
     /// Adds a record to the current batch; returns its sequence.
     pub fn append(&mut self, kind: RecordType, db: u16, key: &[u8], value: &[u8], expiry_ms: u64) -> u64 {
-        let rec = Record {
-            kind,
-            db,
-            flags: 0,
-            sequence: self.next_seq,
-            expiry_ms,
-            key,
-            value,
-        };
-        let start = self.batch.len();
-        self.batch.resize(start + rec.encoded_len(), 0);
-        encode_record(&rec, &mut self.batch[start..]).expect("valid test record");
-        self.next_seq += 1;
+        // Encoded exactly as the keyspace's journal encodes it.
+        let mut journal = Journal::new(self.next_seq);
+        journal.append(kind, db, key, value, expiry_ms);
+        self.append_encoded(journal.pending(), 1);
         self.next_seq - 1
     }
 

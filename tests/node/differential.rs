@@ -16,7 +16,9 @@
 //!   are exercised with EXPIREAT/PEXPIREAT/GETEX, which delete at once in Redis.)
 //! * INCRBYFLOAT runs only on a separate key pool whose values are always multiples of 0.25 of
 //!   modest size: Redis computes in long double, so non-dyadic or huge operands could legitimately
-//!   print differently from a double implementation. (strings.rs checks Redis's formatting.)
+//!   print differently from a double implementation. (strings.rs checks Redis's formatting, and
+//!   `incrbyfloat_long_double_matches_redis` below compares the long-double arithmetic itself on
+//!   random operands of every shape.)
 //! * Repeated identical options (`SET k v NX NX`, `EX 1 EX 2`), which Redis 7.0 accepts, are not
 //!   generated.
 //! * Not compared at all: RANDOMKEY and SCAN (order/cursors are implementation details), OBJECT
@@ -29,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const MAIN_KEYS: &[&str] = &[
     "k0",
@@ -574,4 +576,90 @@ fn run_differential(seed: u64, n: usize, resp3: bool) {
         errors * 3 < n,
         "{errors} of {n} replies were errors: generator too hostile"
     );
+}
+
+/// One random operand for INCRBYFLOAT: decimals of up to 21 significant digits, exponents,
+/// integers near 2^63 and 2^64, thirds, tiny and huge magnitudes, signs.
+fn float_operand(rng: &mut StdRng) -> String {
+    fn digits(rng: &mut StdRng, len: std::ops::Range<usize>) -> String {
+        let n = rng.gen_range(len);
+        (0..n).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect()
+    }
+    let sign = if rng.gen_bool(0.3) { "-" } else { "" };
+    match rng.gen_range(0..8) {
+        0 => format!("{sign}{}", rng.gen_range(0..1_000_000u64)),
+        1 => format!("{sign}{}.{}", rng.gen_range(0..100_000u64), digits(rng, 1..12)),
+        2 => format!("{sign}0.{}", digits(rng, 1..22)),
+        3 => format!("{sign}{}e{}", rng.gen_range(1..10_000u64), rng.gen_range(-40..40)),
+        4 => format!(
+            "{sign}{}.{}e{}",
+            rng.gen_range(1..10),
+            digits(rng, 15..16),
+            rng.gen_range(-300..300)
+        ),
+        5 => format!("{sign}{}", [i64::MAX as u64, u64::MAX][rng.gen_range(0..2)]),
+        6 => format!(
+            "{sign}{}",
+            ["0.1", "0.2", "0.3", "1", "3", "0.333333333333333333", "1e17", "5e-324"][rng.gen_range(0..8)]
+        ),
+        _ => format!(
+            "{sign}{}{}",
+            digits(rng, 1..20),
+            if rng.gen_bool(0.5) { ".5" } else { "" }
+        ),
+    }
+}
+
+/// INCRBYFLOAT computes in 80-bit long double, as Redis does on x86-64: for random operands of
+/// every shape, the replies (result text or error) are byte for byte those of redis-server.
+#[test]
+fn incrbyfloat_long_double_matches_redis() {
+    let (seed, _) = seed_and_count(0);
+    let pairs: usize = std::env::var("COREKV_INCRBYFLOAT_PAIRS")
+        .ok()
+        .map(|s| s.parse().expect("COREKV_INCRBYFLOAT_PAIRS must be a number"))
+        .unwrap_or(20_000);
+    eprintln!("incrbyfloat differential: seed {seed} ({pairs} pairs); reproduce with COREKV_DIFF_SEED={seed}");
+    let redis = Node::start_redis(&[]);
+    let corekv = Node::start(&["--shards", "2"]);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut a, mut b) = (corekv.raw(), redis.raw());
+    const CHUNK: usize = 500;
+    let mut done = 0;
+    let mut results = 0;
+    while done < pairs {
+        let n = CHUNK.min(pairs - done);
+        let operands: Vec<(String, String)> = (0..n)
+            .map(|_| (float_operand(&mut rng), float_operand(&mut rng)))
+            .collect();
+        let mut request = Vec::new();
+        for (i, (base, by)) in operands.iter().enumerate() {
+            let key = format!("f{i}");
+            request.extend(encode_cmd(&["SET", key.as_str(), base.as_str()]));
+            request.extend(encode_cmd(&["INCRBYFLOAT", key.as_str(), by.as_str()]));
+        }
+        a.send(&request).expect("send to corekv");
+        b.send(&request).expect("send to redis");
+        for (base, by) in &operands {
+            for what in ["SET", "INCRBYFLOAT"] {
+                let ra = a.read_reply(Duration::from_secs(30)).expect("corekv reply");
+                let rb = b.read_reply(Duration::from_secs(30)).expect("redis reply");
+                assert_eq!(
+                    show(&ra),
+                    show(&rb),
+                    "{what} after SET {base:?}, INCRBYFLOAT {by:?} (seed {seed}, reproduce with COREKV_DIFF_SEED={seed})"
+                );
+                if what == "INCRBYFLOAT" && rb.first() == Some(&b'$') {
+                    results += 1;
+                }
+            }
+        }
+        done += n;
+    }
+    // Most pairs must produce a number (not an error), or the comparison says little.
+    assert!(
+        results * 2 > pairs,
+        "only {results} of {pairs} INCRBYFLOATs produced a number"
+    );
+    eprintln!("incrbyfloat differential: {results} of {pairs} produced a number, all identical to redis-server");
 }

@@ -1439,31 +1439,8 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// Compares against vectors produced by a real Redis 7.0 (lines `current\tincr\treply`, the
-    /// reply being `$text` or the error text), e.g. `COREKV_LD_VECTORS=/tmp/ldv/vectors.txt`.
-    #[test]
-    #[ignore = "needs a vector file from a real Redis 7.0 named in COREKV_LD_VECTORS"]
-    fn long_double_matches_redis_vectors() {
-        let path = std::env::var("COREKV_LD_VECTORS").expect("set COREKV_LD_VECTORS to a vector file");
-        let text = std::fs::read_to_string(path).unwrap();
-        let mut failures = 0;
-        for line in text.lines() {
-            let mut parts = line.split('\t');
-            let (a, b, want) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-            let want = want
-                .strip_prefix('$')
-                .or_else(|| want.strip_prefix('-'))
-                .unwrap_or(want);
-            let got = incrbyfloat_text(a, b);
-            if got != want {
-                failures += 1;
-                if failures < 20 {
-                    eprintln!("{a} + {b}: got {got}, want {want}");
-                }
-            }
-        }
-        assert_eq!(failures, 0);
-    }
+    // The long-double arithmetic is compared with a real redis-server on random operands by the
+    // black-box test `differential::incrbyfloat_long_double_matches_redis`.
 
     // ---- pure helpers -------------------------------------------------------------------
 

@@ -337,10 +337,9 @@ mod tests {
     use super::super::journal::Journal;
     use super::super::recovery::{recover_shard, KeyspaceReplay, RecoveryOptions, TailAction};
     use super::super::snapshot::{SnapshotEncoder, SnapshotHeader};
-    use super::super::test_writer::TestWriter;
+    use super::super::test_writer::{live, TestWriter};
     use super::*;
     use crate::{EngineConfig, Expiry, Keyspace};
-    use std::collections::BTreeMap;
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -464,24 +463,6 @@ mod tests {
         d.install_snapshot(&tmp_path, 500).unwrap();
         assert_eq!(d.remove_obsolete(500).unwrap(), (vec![3], vec![20]));
         assert_eq!(d.list().unwrap(), vec![4]);
-    }
-
-    type Live = BTreeMap<(usize, Vec<u8>), (Vec<u8>, Option<u64>)>;
-
-    fn live(ks: &mut Keyspace, now: u64) -> Live {
-        let mut out = Live::new();
-        for db in 0..ks.databases() {
-            let mut cursor = 0;
-            loop {
-                cursor = ks.scan_entries(db, cursor, 50, now, &mut |k, v, e| {
-                    out.insert((db, k.to_vec()), (v.to_vec(), e));
-                });
-                if cursor == 0 {
-                    break;
-                }
-            }
-        }
-        out
     }
 
     fn cfg() -> EngineConfig {

@@ -114,10 +114,10 @@ impl Journal {
 mod tests {
     use super::super::format::decode_record;
     use super::super::recovery::{KeyspaceReplay, ReplayOp};
+    use super::super::test_writer::live;
     use super::*;
     use crate::{EngineConfig, EvictionPolicy, Expiry, Keyspace};
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
 
     const DBS: usize = 3;
 
@@ -128,26 +128,6 @@ mod tests {
             policy,
             eviction_samples: 5,
         })
-    }
-
-    type Live = BTreeMap<(usize, Vec<u8>), (Vec<u8>, Option<u64>)>;
-
-    /// Every live entry, read with `scan_entries`.
-    fn live(ks: &mut Keyspace, now: u64) -> Live {
-        let mut out = Live::new();
-        for db in 0..ks.databases() {
-            let mut cursor = 0;
-            loop {
-                cursor = ks.scan_entries(db, cursor, 7, now, &mut |k, v, e| {
-                    out.insert((db, k.to_vec()), (v.to_vec(), e));
-                });
-                if cursor == 0 {
-                    break;
-                }
-            }
-            assert_eq!(out.range((db, Vec::new())..(db + 1, Vec::new())).count(), ks.len(db));
-        }
-        out
     }
 
     /// Decodes `bytes` (records from sequence `first`) and replays them into a fresh keyspace.

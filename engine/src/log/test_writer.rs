@@ -104,3 +104,24 @@ impl TestWriter {
         Ok(())
     }
 }
+
+/// Every live entry of a keyspace, (db, key) → (value, expiry), read with `scan_entries`.
+pub type Live = std::collections::BTreeMap<(usize, Vec<u8>), (Vec<u8>, Option<u64>)>;
+
+/// Every live entry, read with `scan_entries` (which must visit each key exactly once here).
+pub fn live(ks: &mut crate::Keyspace, now: u64) -> Live {
+    let mut out = Live::new();
+    for db in 0..ks.databases() {
+        let mut cursor = 0;
+        loop {
+            cursor = ks.scan_entries(db, cursor, 7, now, &mut |k, v, e| {
+                out.insert((db, k.to_vec()), (v.to_vec(), e));
+            });
+            if cursor == 0 {
+                break;
+            }
+        }
+        assert_eq!(out.range((db, Vec::new())..(db + 1, Vec::new())).count(), ks.len(db));
+    }
+    out
+}

@@ -639,17 +639,11 @@ async fn run_command(conn: &mut Connection, spec: &'static CommandSpec, args: &[
         }
         "lastsave" => {
             let reports = conn.shard.call_all(|_| ShardCall::Report).await;
-            let started_unix =
-                (crate::shard::now_ms() / 1000).saturating_sub(conn.shard.node.started.elapsed().as_secs());
-            let last = reports
-                .iter()
-                .filter_map(|r| match r {
-                    CallReply::Report(r) => r.persistence.as_ref(),
-                    _ => None,
-                })
-                .map(|p| p.compaction.last_save_unix.unwrap_or(started_unix))
-                .min()
-                .unwrap_or(started_unix);
+            let logs = reports.iter().filter_map(|r| match r {
+                CallReply::Report(r) => r.persistence.as_ref(),
+                _ => None,
+            });
+            let last = info::last_save_unix(&conn.shard.node, logs);
             conn.encoder().integer(last as i64);
             Flow::Continue
         }

@@ -303,18 +303,23 @@ fn cpu_seconds() -> (f64, f64) {
     }
 }
 
+/// LASTSAVE and `rdb_last_save_time`: the oldest of the shards' last completed snapshots (the
+/// last moment every shard had one), or the node's start time for shards without one.
+pub fn last_save_unix<'a>(node: &NodeShared, logs: impl IntoIterator<Item = &'a crate::shard::PersistReport>) -> u64 {
+    let started_unix = (crate::shard::now_ms() / 1000).saturating_sub(node.started.elapsed().as_secs());
+    logs.into_iter()
+        .map(|r| r.compaction.last_save_unix.unwrap_or(started_unix))
+        .min()
+        .unwrap_or(started_unix)
+}
+
 /// INFO persistence: Redis's field names where they mean the same here (tools read them), and
 /// corekv's own for the log. Figures are summed over shards; states report the worst shard.
 fn persistence_section(line: &mut dyn FnMut(&str, &dyn std::fmt::Display), node: &NodeShared, reports: &[ShardReport]) {
     let p = &node.config.persistence;
     let logs: Vec<&crate::shard::PersistReport> = reports.iter().filter_map(|r| r.persistence.as_ref()).collect();
     let sum = |f: &dyn Fn(&crate::shard::PersistReport) -> u64| -> u64 { logs.iter().map(|r| f(r)).sum() };
-    let started_unix = crate::shard::now_ms() / 1000 - node.started.elapsed().as_secs();
-    let last_save = logs
-        .iter()
-        .map(|r| r.compaction.last_save_unix.unwrap_or(started_unix))
-        .min()
-        .unwrap_or(started_unix);
+    let last_save = last_save_unix(node, logs.iter().copied());
     let in_progress = logs.iter().any(|r| r.compaction.in_progress);
     let compaction_ok = logs.iter().all(|r| r.compaction.last_ok);
     let worst = logs

@@ -13,8 +13,9 @@
 
 use std::rc::Rc;
 
-use corekv_engine::log::dir_storage::{snapshot_file_name, SNAPSHOT_TMP_NAME};
+use corekv_engine::log::dir_storage::{snapshot_file_name, DirStorage, SNAPSHOT_TMP_NAME};
 use corekv_engine::log::snapshot::{SnapshotEncoder, SnapshotHeader};
+use corekv_engine::log::storage::SnapshotStore;
 use futures::AsyncWriteExt;
 use glommio::io::{DmaStreamWriterBuilder, OpenOptions};
 
@@ -173,29 +174,24 @@ async fn snapshot_and_trim(shard: &Rc<Shard>) -> Result<(u64, u64), String> {
 }
 
 async fn sync_dir(dir: &std::path::Path) -> Result<(), String> {
-    let handle = glommio::io::Directory::open(dir)
+    super::files::sync_dir(dir)
         .await
-        .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-    handle
-        .sync()
-        .await
-        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
-    let _ = handle.close().await;
-    Ok(())
+        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
 }
 
 async fn remove_older_snapshots(dir: &std::path::Path, newest: u64) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let keep = snapshot_file_name(newest);
-    let mut removed = false;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("snapshot-") && name.ends_with(".snap") && name != keep {
-            std::fs::remove_file(entry.path()).map_err(|e| format!("cannot remove {name}: {e}"))?;
-            removed = true;
-        }
+    let storage = DirStorage::open(dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    let older: Vec<u64> = storage
+        .list_snapshots()
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .into_iter()
+        .filter(|&x| x < newest)
+        .collect();
+    for &x in &older {
+        let path = storage.snapshot_path(x);
+        std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     }
-    if removed {
+    if !older.is_empty() {
         sync_dir(dir).await?;
     }
     Ok(())

@@ -72,10 +72,16 @@ impl DmaLogFiles {
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
-        let dir = glommio::io::Directory::open(&self.dir).await.map_err(io::Error::from)?;
-        dir.sync().await.map_err(io::Error::from)?;
-        dir.close().await.map_err(io::Error::from)
+        sync_dir(&self.dir).await
     }
+}
+
+/// fsync of a directory through io_uring, so that files created, renamed or removed in it are
+/// durable.
+pub async fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = glommio::io::Directory::open(path).await.map_err(io::Error::from)?;
+    dir.sync().await.map_err(io::Error::from)?;
+    dir.close().await.map_err(io::Error::from)
 }
 
 /// Writes zeros over the first `size` bytes of `file`, a large block at a time.

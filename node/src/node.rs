@@ -563,7 +563,6 @@ async fn open_persistence(
             ..CompactionState::default()
         }),
         recovery: recovered.summary,
-        writer_done: std::cell::Cell::new(false),
     }))
 }
 
@@ -590,7 +589,6 @@ async fn run_log_writer(shard: &Rc<Shard>) {
             journal.discard_pending();
         }
     }
-    persist.writer_done.set(true);
 }
 
 /// Starts a compaction whenever a shard's log has grown enough since its last snapshot.

@@ -94,11 +94,7 @@ async fn snapshot_and_trim(shard: &Rc<Shard>) -> Result<(u64, u64), String> {
             let through = ks.journal_mut().map_or(0, |j| j.last_seq());
             (through, ks.swap_epoch())
         };
-        persist
-            .compaction
-            .borrow_mut()
-            .log_bytes_at_snapshot
-            .clone_from(&persist.log.stats.borrow().bytes_written);
+        persist.compaction.borrow_mut().log_bytes_at_snapshot = persist.log.stats.borrow().bytes_written;
         persist.log.request_roll();
         let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new()

@@ -17,7 +17,7 @@ pub mod lock;
 pub mod recovery;
 pub mod writer;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::path::PathBuf;
 
 use files::DmaLogFiles;
@@ -56,8 +56,6 @@ pub struct ShardPersistence {
     pub log: LogWriter<DmaLogFiles>,
     pub compaction: RefCell<CompactionState>,
     pub recovery: RecoverySummary,
-    /// Set when the writer task ended after a failure (the journal is off from then on).
-    pub writer_done: Cell<bool>,
 }
 
 impl ShardPersistence {

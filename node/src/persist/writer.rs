@@ -71,12 +71,10 @@ pub struct LogFailed {
 #[derive(Clone, Debug, Default)]
 pub struct LogStats {
     pub bytes_written: u64,
-    pub writes: u64,
     pub fsyncs: u64,
     pub last_fsync: Option<Instant>,
     /// Records per sync, summed (records_synced / fsyncs is the group-commit factor).
     pub records_synced: u64,
-    pub segments_created: u64,
     pub last_error: String,
 }
 
@@ -178,10 +176,7 @@ impl<F: LogFiles> LogWriter<F> {
             kicked: Cell::new(false),
             writer_waker: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
-            stats: RefCell::new(LogStats {
-                segments_created: 1,
-                ..LogStats::default()
-            }),
+            stats: RefCell::new(LogStats::default()),
             observer: RefCell::new(None),
         };
         writer.start_segment(next_segment, next_seq).await?;
@@ -318,7 +313,6 @@ impl<F: LogFiles> LogWriter<F> {
             pos.size = size;
             pos.spare = None;
         }
-        self.stats.borrow_mut().segments_created += 1;
         self.start_segment(n, first_seq).await
     }
 
@@ -375,7 +369,6 @@ impl<F: LogFiles> LogWriter<F> {
             pos.tail = new_tail;
             let mut stats = self.stats.borrow_mut();
             stats.bytes_written += len;
-            stats.writes += 1;
         }
         Ok(())
     }

@@ -42,6 +42,10 @@ pub struct Cli {
     /// RESP port; 0 picks a free port (printed in the readiness line) [default: 7379].
     #[arg(long)]
     pub port: Option<u16>,
+    /// First native-protocol port: shard i listens on native-port + i; 0 gives every shard a free
+    /// port (INFO native lists them) [default: 7380, or 0 when --port is 0].
+    #[arg(long, value_name = "PORT")]
+    pub native_port: Option<u16>,
     /// Number of shards, one executor thread each [default: number of available cores].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -91,6 +95,7 @@ pub struct Cli {
 pub struct FileConfig {
     pub bind: Option<IpAddr>,
     pub port: Option<u16>,
+    pub native_port: Option<u16>,
     pub shards: Option<usize>,
     pub data_dir: Option<PathBuf>,
     pub maxmemory: Option<toml::Value>,
@@ -110,6 +115,8 @@ pub struct FileConfig {
 pub struct Config {
     pub bind: IpAddr,
     pub port: u16,
+    /// First native port (shard i on `native_port + i`); 0 = a free port per shard.
+    pub native_port: u16,
     pub shards: usize,
     pub data_dir: PathBuf,
     pub maxmemory_bytes: u64,
@@ -156,6 +163,7 @@ pub struct PersistConfig {
 pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 
 pub const DEFAULT_PORT: u16 = 7379;
+pub const DEFAULT_NATIVE_PORT: u16 = 7380;
 pub const MAX_SHARDS: usize = 1024;
 pub const MAX_DATABASES: usize = 1 << 16;
 
@@ -226,10 +234,21 @@ impl Config {
                 reason: "must be at least 1",
             });
         }
+        let port = cli.port.or(file.port).unwrap_or(DEFAULT_PORT);
+        let native_default = if port == 0 { 0 } else { DEFAULT_NATIVE_PORT };
+        let native_port = cli.native_port.or(file.native_port).unwrap_or(native_default);
+        if native_port != 0 && u32::from(native_port) + shards as u32 - 1 > u32::from(u16::MAX) {
+            return Err(ConfigError::Invalid {
+                setting: "native-port",
+                value: native_port.to_string(),
+                reason: "native-port + shards - 1 must be a valid port (at most 65535)",
+            });
+        }
         Ok(Config {
             persistence,
+            native_port,
             bind: cli.bind.or(file.bind).unwrap_or(IpAddr::from([127, 0, 0, 1])),
-            port: cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
+            port,
             shards,
             data_dir: cli
                 .data_dir

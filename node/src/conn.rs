@@ -20,19 +20,15 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use corekv_net::resp::{ParseError, Protocol, ReplyEncoder, RequestParser};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::client::ClientInfo;
 use crate::commands::{self, CommandSpec, Handler};
 use crate::coord;
+use crate::read_size::AdaptiveRead;
 use crate::shard::Shard;
 
-/// Bytes asked of a read, at first and at most. The read size doubles while reads fill it and
-/// shrinks back otherwise: the spare room has to be zeroed before each read, and small requests
-/// should not pay for zeroing a large chunk.
-const READ_CHUNK_MIN: usize = 4 * 1024;
-const READ_CHUNK_MAX: usize = 256 * 1024;
 /// Keyed commands queued for other shards before the connection stops to collect their replies.
 const MAX_REMOTE_QUEUE: usize = 1024;
 
@@ -65,7 +61,7 @@ pub struct Connection {
     slots: Vec<Slot>,
     batches: Vec<Vec<(&'static CommandSpec, Vec<Bytes>)>>,
     remote_pending: bool,
-    read_chunk: usize,
+    reader: AdaptiveRead,
     /// Set when writes of the current batch could not be made durable: the batch's replies are
     /// dropped and the connection closed, so nothing undurable is ever acknowledged.
     pub log_failed: bool,
@@ -80,14 +76,14 @@ impl Connection {
             db: 0,
             protocol: Protocol::Resp2,
             parser: RequestParser::new(Default::default()),
-            rbuf: BytesMut::with_capacity(READ_CHUNK_MIN),
-            out: BytesMut::with_capacity(READ_CHUNK_MIN),
+            rbuf: BytesMut::with_capacity(AdaptiveRead::INITIAL),
+            out: BytesMut::with_capacity(AdaptiveRead::INITIAL),
             staged: BytesMut::new(),
             args: Vec::with_capacity(8),
             slots: Vec::new(),
             batches: (0..shards).map(|_| Vec::new()).collect(),
             remote_pending: false,
-            read_chunk: READ_CHUNK_MIN,
+            reader: AdaptiveRead::default(),
             log_failed: false,
         }
     }
@@ -99,23 +95,11 @@ impl Connection {
     /// Serves the connection until the client leaves, an error occurs, or the node stops.
     pub async fn run(&mut self, stream: &mut TcpStream) {
         loop {
-            let filled = self.rbuf.len();
-            self.rbuf.resize(filled + self.read_chunk, 0);
-            let read = stream.read(&mut self.rbuf[filled..]).await;
-            let n = match read {
-                Ok(0) | Err(_) => {
-                    self.rbuf.truncate(filled);
-                    return;
-                }
-                Ok(n) => n,
-            };
-            self.rbuf.truncate(filled + n);
+            match self.reader.read(stream, &mut self.rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
             self.info.borrow_mut().last_interaction = std::time::Instant::now();
-            self.read_chunk = if n == self.read_chunk {
-                (self.read_chunk * 2).min(READ_CHUNK_MAX)
-            } else {
-                (self.read_chunk / 2).max(READ_CHUNK_MIN)
-            };
             let since = self.shard.log_position();
             let flow = self.process_input().await;
             if let Err(reason) = self.shard.log_barrier(since).await {
@@ -269,18 +253,47 @@ impl Connection {
     }
 }
 
-/// Registers an accepted connection, serves it, and unregisters it.
+/// Serves an accepted RESP connection until it ends.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let Some(registration) = admit(&shard, &mut stream, b"-ERR max number of clients reached\r\n", "").await else {
+        return;
+    };
+    let mut connection = Connection::new(shard.clone(), registration.info.clone());
+    connection.run(&mut stream).await;
+    let _ = stream.close().await;
+}
+
+/// An admitted connection: counted in the node's totals and registered with its shard (CLIENT
+/// LIST, CLIENT KILL, shutdown) until dropped.
+pub struct Registration {
+    shard: Rc<Shard>,
+    slot: usize,
+    pub info: Rc<RefCell<ClientInfo>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shard.clients.borrow_mut().remove(self.slot);
+        self.shard
+            .node
+            .connected_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Counts and registers a new connection of either protocol; past `maxclients` writes `refusal`
+/// to it and returns `None`. `lib_name` pre-fills CLIENT LIST's lib-name.
+pub async fn admit(shard: &Rc<Shard>, stream: &mut TcpStream, refusal: &[u8], lib_name: &str) -> Option<Registration> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
-    let node = shard.node.clone();
+    let node = &shard.node;
     node.total_connections.fetch_add(1, Ordering::Relaxed);
     let connected = node.connected_clients.fetch_add(1, Ordering::AcqRel) + 1;
     if connected > node.max_clients.load(Ordering::Relaxed) {
         node.rejected_connections.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+        let _ = stream.write_all(refusal).await;
         node.connected_clients.fetch_sub(1, Ordering::AcqRel);
-        return;
+        return None;
     }
     // Replies are written whole per batch, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
@@ -293,7 +306,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         fd: stream.as_raw_fd(),
         shard: shard.id,
         name: String::new(),
-        lib_name: String::new(),
+        lib_name: lib_name.to_string(),
         lib_ver: String::new(),
         db: 0,
         protocol: Protocol::Resp2,
@@ -309,9 +322,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     if node.is_shutting_down() {
         shard.close_all_clients();
     }
-    let mut connection = Connection::new(shard.clone(), info);
-    connection.run(&mut stream).await;
-    let _ = stream.close().await;
-    shard.clients.borrow_mut().remove(slot);
-    node.connected_clients.fetch_sub(1, Ordering::AcqRel);
+    Some(Registration {
+        shard: shard.clone(),
+        slot,
+        info,
+    })
 }

@@ -23,6 +23,7 @@ const DEFAULT_SECTIONS: &[&str] = &[
     "stats",
     "replication",
     "cpu",
+    "native",
     "keyspace",
 ];
 const ALL_SECTIONS: &[&str] = &[
@@ -33,6 +34,7 @@ const ALL_SECTIONS: &[&str] = &[
     "stats",
     "replication",
     "cpu",
+    "native",
     "commandstats",
     "keyspace",
 ];
@@ -197,6 +199,23 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
                 "expire_cycle_cpu_budget_exhausted",
                 &reports.iter().map(|r| r.expire_cycle_timeouts).sum::<u64>(),
             );
+        }
+        "native" => {
+            line("# Native", &"");
+            line("native_ports", &crate::node::native_port_list(&node.native_ports));
+            let sum = |f: fn(&crate::native::NativeStats) -> u64| reports.iter().map(|r| f(&r.native)).sum::<u64>();
+            line("native_connections", &sum(|n| n.connections));
+            line("native_requests", &sum(|n| n.requests));
+            line("native_wrong_shard", &sum(|n| n.wrong_shard));
+            for (id, report) in reports.iter().enumerate() {
+                let n = &report.native;
+                let port = node.native_ports.get(id).copied().unwrap_or(0);
+                let value = format!(
+                    "port={port},connections={},requests={},wrong_shard={}",
+                    n.connections, n.requests, n.wrong_shard
+                );
+                line(&format!("shard{id}"), &value);
+            }
         }
         "replication" => {
             line("# Replication", &"");

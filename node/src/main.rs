@@ -9,8 +9,10 @@ mod config;
 mod conn;
 mod coord;
 mod info;
+mod native;
 mod node;
 mod persist;
+mod read_size;
 mod shard;
 mod stats;
 

@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! main thread: resolve config ─ lock data dir ─ check layout (re-distribute keys if the shard
-//!              count changed) ─ check port ─ bind N SO_REUSEPORT listeners
+//!              count changed) ─ check port ─ bind N SO_REUSEPORT RESP listeners and one
+//!              native-protocol listener per shard
 //!   ├─ shard 0 executor: join mesh ─ recover its log ─ start its log writer ─ serve peers
-//!   │                    ─ expiry and compaction tasks ─ accept loop ─▶ connections
+//!   │                    ─ expiry and compaction tasks ─ accept loops (RESP, native)
+//!   │                    ─▶ connections
 //!   ├─ shard 1 executor: ...
 //!   └─ waits for SIGINT/SIGTERM (SHUTDOWN raises SIGTERM), then shuts the listeners:
 //!      each shard stops accepting, ends its idle connections after their current batch,
@@ -67,6 +69,8 @@ pub struct Settings {
 pub struct NodeShared {
     pub config: Config,
     pub port: u16,
+    /// Each shard's native-protocol port, shard 0 first.
+    pub native_ports: Vec<u16>,
     settings: Mutex<Settings>,
     pub max_clients: AtomicUsize,
     pub connected_clients: AtomicUsize,
@@ -133,6 +137,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let _lock = crate::persist::lock::DataDirLock::acquire(&config.data_dir)?;
     crate::persist::layout::prepare(&config).map_err(StartError::Layout)?;
     let (listeners, port) = bind_listeners(&config)?;
+    let (native_listeners, native_ports) = bind_native_listeners(&config)?;
     warn_if_memlock_low(config.shards);
 
     // Shard threads inherit this mask, so SIGINT/SIGTERM reach only the main thread's sigwait.
@@ -149,6 +154,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let node = Arc::new(NodeShared {
         port,
+        native_ports: native_ports.clone(),
         max_clients: AtomicUsize::new(config.max_clients),
         settings: Mutex::new(settings),
         connected_clients: AtomicUsize::new(0),
@@ -158,7 +164,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         shutting_down: AtomicBool::new(false),
         started: Instant::now(),
         run_id: run_id(),
-        listener_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        listener_fds: listeners
+            .iter()
+            .chain(&native_listeners)
+            .map(|l| l.as_raw_fd())
+            .collect(),
         log_refusals: Mutex::new(vec![None; config.shards]),
         any_log_refusal: AtomicBool::new(false),
         config: config.clone(),
@@ -170,16 +180,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let reply_mesh = MeshBuilder::<ReplyBatch, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, StartError>>();
     let mut handles = Vec::with_capacity(config.shards);
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, (listener, native_listener)) in listeners.into_iter().zip(native_listeners).enumerate() {
         let placement = if pin { Placement::Fixed(id) } else { Placement::Unbound };
         let node = node.clone();
         let mesh = mesh.clone();
         let reply_mesh = reply_mesh.clone();
         let ready = ready_tx.clone();
-        let listener_fd = listener.into_raw_fd();
+        let listener_fds = ListenerFds {
+            resp: listener.into_raw_fd(),
+            native: native_listener.into_raw_fd(),
+        };
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
-            .spawn(move || shard_main(id, node, mesh, reply_mesh, listener_fd, ready));
+            .spawn(move || shard_main(id, node, mesh, reply_mesh, listener_fds, ready));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -204,10 +217,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }
     println!(
-        "corekv-node {} ready: listening on {}:{}, {} shards, data dir {}",
+        "corekv-node {} ready: listening on {}:{} (native protocol: ports {}), {} shards, data dir {}",
         env!("CARGO_PKG_VERSION"),
         config.bind,
         port,
+        native_port_list(&native_ports),
         config.shards,
         config.data_dir.display()
     );
@@ -306,6 +320,44 @@ fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartE
     Err(last_error.unwrap_or_else(|| listen_error(std::io::ErrorKind::AddrInUse.into())))
 }
 
+/// Binds shard i's native-protocol listener on `native_port + i` (or a free port each with 0).
+/// A plain bind: the port is this shard's alone, and a port in use fails the start.
+fn bind_native_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, Vec<u16>), StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut sockets = Vec::with_capacity(config.shards);
+    let mut ports = Vec::with_capacity(config.shards);
+    for shard in 0..config.shards {
+        let port = match config.native_port {
+            0 => 0,
+            first => first + shard as u16,
+        };
+        let addr = SocketAddr::new(config.bind, port);
+        let listen_error = |source| StartError::Listen { addr, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(listen_error)?;
+        socket.set_reuse_address(true).map_err(listen_error)?;
+        socket.set_nonblocking(true).map_err(listen_error)?;
+        socket.bind(&addr.into()).map_err(listen_error)?;
+        socket.listen(1024).map_err(listen_error)?;
+        let bound = socket
+            .local_addr()
+            .map_err(listen_error)?
+            .as_socket()
+            .map_or(port, |a| a.port());
+        sockets.push(socket);
+        ports.push(bound);
+    }
+    Ok((sockets, ports))
+}
+
+/// `7380-7381` for consecutive ports, else a comma-separated list.
+pub fn native_port_list(ports: &[u16]) -> String {
+    let consecutive = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+    match (ports.first(), ports.last()) {
+        (Some(first), Some(last)) if consecutive && ports.len() > 1 => format!("{first}-{last}"),
+        _ => ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+    }
+}
+
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -359,7 +411,7 @@ async fn shard_main(
     node: Arc<NodeShared>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<ReplyBatch, glommio::channels::channel_mesh::Full>,
-    listener_fd: RawFd,
+    listener_fds: ListenerFds,
     ready: std::sync::mpsc::Sender<Result<usize, StartError>>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
@@ -460,37 +512,22 @@ async fn shard_main(
         task.detach();
     }
 
-    // SAFETY: the fd is a bound, listening, non-blocking TCP socket created by `bind_listeners`
-    // and handed to this shard alone (its owner gave it up with `into_raw_fd`).
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener_fd) };
+    // SAFETY: both fds are bound, listening, non-blocking TCP sockets created by
+    // `bind_listeners` / `bind_native_listeners` and handed to this shard alone (their owner gave
+    // them up with `into_raw_fd`).
+    let (listener, native_listener) = unsafe {
+        (
+            glommio::net::TcpListener::from_raw_fd(listener_fds.resp),
+            glommio::net::TcpListener::from_raw_fd(listener_fds.native),
+        )
+    };
     let _ = ready.send(Ok(id));
-    let live = Rc::new(std::cell::Cell::new(0usize));
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                if node.is_shutting_down() {
-                    break;
-                }
-                let shard = shard.clone();
-                let live = live.clone();
-                live.set(live.get() + 1);
-                glommio::spawn_local(async move {
-                    crate::conn::serve(shard, stream).await;
-                    live.set(live.get() - 1);
-                })
-                .detach();
-            }
-            Err(e) => {
-                if node.is_shutting_down() {
-                    break;
-                }
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("shard {id}: accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    drop(listener);
+    let native_shard = shard.clone();
+    let native_accepts = glommio::spawn_local(async move {
+        accept_loop(native_listener, &native_shard, crate::native::serve).await;
+    });
+    accept_loop(listener, &shard, crate::conn::serve).await;
+    native_accepts.await;
     // Graceful stop: idle connections see end-of-file now; busy ones finish their batch first.
     // Every shard keeps serving its peers until all connections of the node are gone, so a
     // request in flight on another shard can still reach this one.
@@ -502,6 +539,39 @@ async fn shard_main(
     if let Some(persist) = &shard.persist {
         // Everything journaled is written and synced before the process exits.
         persist.log.stop().await;
+    }
+}
+
+/// The listening sockets a shard serves, as raw fds handed over to its executor.
+struct ListenerFds {
+    resp: RawFd,
+    native: RawFd,
+}
+
+/// Accepts connections and serves each in its own task until the node stops.
+async fn accept_loop<F, Fut>(listener: glommio::net::TcpListener, shard: &Rc<Shard>, serve: F)
+where
+    F: Fn(Rc<Shard>, glommio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let node = &shard.node;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if node.is_shutting_down() {
+                    break;
+                }
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                if node.is_shutting_down() {
+                    break;
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("shard {}: accept failed: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::client::ClientInfo;
 use crate::commands::{CommandSpec, ExecCtx, Handler};
 use crate::config::Durability;
+use crate::native::NativeStats;
 use crate::node::NodeShared;
 use crate::persist::compaction::{self, CompactionError};
 use crate::persist::writer::{LogState, BACKLOG_LIMIT};
@@ -251,6 +252,7 @@ pub struct ShardReport {
     pub expire_cycle_timeouts: u64,
     pub forwarded_messages: u64,
     pub forwarded_commands: u64,
+    pub native: NativeStats,
     pub persistence: Option<PersistReport>,
 }
 
@@ -297,6 +299,8 @@ pub struct Shard {
     /// their ratio shows how well the outbox batches.
     pub forwarded_messages: std::cell::Cell<u64>,
     pub forwarded_commands: std::cell::Cell<u64>,
+    /// Native-protocol traffic served by this shard.
+    pub native: std::cell::Cell<NativeStats>,
     sequencer: Sequencer,
     /// The log and snapshots; `None` with durability `none`.
     pub persist: Option<ShardPersistence>,
@@ -330,6 +334,7 @@ impl Shard {
             expire_cycle_timeouts: std::cell::Cell::new(0),
             forwarded_messages: std::cell::Cell::new(0),
             forwarded_commands: std::cell::Cell::new(0),
+            native: std::cell::Cell::new(NativeStats::default()),
             sequencer: Sequencer::default(),
             persist,
             background: std::cell::Cell::new(None),
@@ -402,8 +407,16 @@ impl Shard {
 
     /// The error a write command gets while this shard's log cannot take records.
     pub fn write_refusal(&self, spec: &CommandSpec) -> Option<String> {
+        if !spec.is_write() {
+            return None;
+        }
+        self.log_refusal()
+    }
+
+    /// Why this shard's log cannot take records now, if it cannot: writes are refused meanwhile.
+    pub fn log_refusal(&self) -> Option<String> {
         let persist = self.persist.as_ref()?;
-        if persist.log.state() == LogState::Ok || !spec.is_write() {
+        if persist.log.state() == LogState::Ok {
             return None;
         }
         Some(misconf(
@@ -793,6 +806,7 @@ impl Shard {
                     expire_cycle_timeouts: self.expire_cycle_timeouts.get(),
                     forwarded_messages: self.forwarded_messages.get(),
                     forwarded_commands: self.forwarded_commands.get(),
+                    native: self.native.get(),
                     persistence: self.persist_report(ks.journal_mut().map_or(0, |j| j.pending_len() as u64)),
                 }))
             }
@@ -801,6 +815,10 @@ impl Shard {
                 *self.commands.borrow_mut() = CommandStats::default();
                 self.forwarded_messages.set(0);
                 self.forwarded_commands.set(0);
+                self.native.set(NativeStats {
+                    connections: self.native.get().connections,
+                    ..NativeStats::default()
+                });
                 CallReply::Done
             }
             ShardCall::SetLimits {

@@ -29,6 +29,25 @@ impl ErrorCode {
     pub const BATCH_TOO_LARGE: ErrorCode = ErrorCode(20);
     pub const BATCH_MISMATCH: ErrorCode = ErrorCode(21);
     pub const ENTRY_KEY_TOO_LARGE: ErrorCode = ErrorCode(22);
+    // Errors of the operation itself (the request was well formed; the connection stays open).
+    /// The key (or a batch's key) belongs to another shard: nothing was done. The message names
+    /// the owning shard; a client refreshes its topology and sends the request there.
+    pub const WRONG_SHARD: ErrorCode = ErrorCode(32);
+    /// The write needs memory the node's budget cannot give (Redis's OOM error).
+    pub const OUT_OF_MEMORY: ErrorCode = ErrorCode(33);
+    /// INCR on a value that is not a 64-bit decimal integer.
+    pub const NOT_AN_INTEGER: ErrorCode = ErrorCode(34);
+    /// INCR would overflow a signed 64-bit integer.
+    pub const OVERFLOW: ErrorCode = ErrorCode(35);
+    /// The node refuses writes because its log cannot take records (disk failure or disk full);
+    /// reads keep working.
+    pub const WRITES_REFUSED: ErrorCode = ErrorCode(36);
+    /// A key or value larger than the store accepts.
+    pub const TOO_LARGE: ErrorCode = ErrorCode(37);
+    /// The node is shutting down; nothing was done.
+    pub const SHUTTING_DOWN: ErrorCode = ErrorCode(38);
+    /// The node already serves `maxclients` connections; it closes this one.
+    pub const TOO_MANY_CONNECTIONS: ErrorCode = ErrorCode(39);
 }
 
 /// Why bytes could not be decoded into a frame, a request or a response.

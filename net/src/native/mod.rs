@@ -17,6 +17,7 @@ mod error;
 mod frame;
 mod header;
 mod message;
+mod reply;
 #[cfg(test)]
 mod tests;
 
@@ -25,3 +26,4 @@ pub use error::{ErrorCode, FrameError};
 pub use frame::{Frame, FrameDecoder, Limits};
 pub use header::{offset, Flags, Header, Opcode, CRC_LEN, HEADER_LEN, MAGIC, VERSION};
 pub use message::{Request, Response, SetCondition, Topology, HASH_COREKV_V1, TOPOLOGY_HEADER_LEN};
+pub use reply::{write_error, write_value};

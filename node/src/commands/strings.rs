@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 
 use bytes::Bytes;
-use corekv_engine::{EngineError, Expiry};
+use corekv_engine::{EngineError, Expiry, Keyspace};
 use corekv_net::resp::ReplyEncoder;
 
 use super::{CommandSpec, ExecCtx};
@@ -750,23 +750,40 @@ pub fn decrby(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>)
 
 /// Redis's `incrDecrCommand`: the TTL is kept.
 fn incr_decr(ctx: &mut ExecCtx<'_>, key: &[u8], by: i64, enc: &mut ReplyEncoder<'_>) {
-    let (db, now) = (ctx.db, ctx.now_ms);
-    let (current, expiry) = match ctx.keyspace.peek(db, key, now) {
-        None => (0, Expiry::Persist),
-        Some(v) => match parse_i64(v) {
-            Some(n) => (n, Expiry::Keep),
-            None => return enc.error(ERR_NOT_INTEGER),
-        },
-    };
-    let Some(value) = current.checked_add(by) else {
-        enc.error(ERR_OVERFLOW);
-        return;
-    };
-    let mut buf = [0u8; 20];
-    match ctx.keyspace.set(db, key, format_i64(value, &mut buf), expiry, now) {
-        Ok(()) => enc.integer(value),
-        Err(e) => reply_engine_error(&e, enc),
+    match add_to_integer(ctx.keyspace, ctx.db, key, by, ctx.now_ms) {
+        Ok(value) => enc.integer(value),
+        Err(IncrError::NotInteger) => enc.error(ERR_NOT_INTEGER),
+        Err(IncrError::Overflow) => enc.error(ERR_OVERFLOW),
+        Err(IncrError::Engine(e)) => reply_engine_error(&e, enc),
     }
+}
+
+/// Why [`add_to_integer`] changed nothing.
+pub(crate) enum IncrError {
+    NotInteger,
+    Overflow,
+    Engine(EngineError),
+}
+
+/// Adds `by` to the integer stored at `key` (0 when absent) and returns the sum; an existing
+/// key's TTL is kept. Shared by RESP's INCR family and the native protocol's INCR.
+pub(crate) fn add_to_integer(
+    keyspace: &mut Keyspace,
+    db: usize,
+    key: &[u8],
+    by: i64,
+    now: u64,
+) -> Result<i64, IncrError> {
+    let (current, expiry) = match keyspace.peek(db, key, now) {
+        None => (0, Expiry::Persist),
+        Some(v) => (parse_i64(v).ok_or(IncrError::NotInteger)?, Expiry::Keep),
+    };
+    let value = current.checked_add(by).ok_or(IncrError::Overflow)?;
+    let mut buf = [0u8; 20];
+    keyspace
+        .set(db, key, format_i64(value, &mut buf), expiry, now)
+        .map_err(IncrError::Engine)?;
+    Ok(value)
 }
 
 /// INCRBYFLOAT key increment (in x87 extended precision, replied as a bulk string).

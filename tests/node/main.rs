@@ -12,6 +12,7 @@ mod expiry;
 mod hostile;
 mod keys;
 mod memory;
+mod native;
 mod persistence;
 mod pipeline;
 mod server;

@@ -138,6 +138,18 @@ pub fn parse_ready_line(line: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
+/// Parses the native ports out of `... (native protocol: ports 7380-7381) ...` (or `7380,7391`).
+pub fn parse_native_ports(line: &str) -> Option<Vec<u16>> {
+    let at = line.find("native protocol: ports ")?;
+    let rest = &line[at + "native protocol: ports ".len()..];
+    let list = &rest[..rest.find(')')?];
+    if let Some((first, last)) = list.split_once('-') {
+        let (first, last): (u16, u16) = (first.parse().ok()?, last.parse().ok()?);
+        return Some((first..=last).collect());
+    }
+    list.split(',').map(|p| p.parse().ok()).collect()
+}
+
 impl Node {
     /// Starts `corekv-node --port 0 --bind 127.0.0.1 --no-pin --data-dir <fresh> [--shards 2]
     /// ARGS` and waits for its readiness line. Panics (with its stderr) if it does not get ready.
@@ -413,6 +425,16 @@ impl Node {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Each shard's native-protocol port, shard 0 first (from the readiness line).
+    pub fn native_ports(&self) -> Vec<u16> {
+        parse_native_ports(&self.ready_line).unwrap_or_else(|| panic!("no native ports in {:?}", self.ready_line))
+    }
+
+    /// Shard 0's native-protocol address: a seed for the client library.
+    pub fn native_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.native_ports()[0]))
     }
 
     pub fn pid(&self) -> u32 {

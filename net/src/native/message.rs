@@ -242,35 +242,39 @@ impl Request {
     /// # Panics
     /// If a section is 4 GiB or more, or if a batch has the wrong [`BatchKind`].
     pub fn encode(&self, request_id: u64, crc: bool, out: &mut BytesMut) {
-        let mut flags = if crc { Flags::HAS_CRC } else { Flags::NONE };
+        let flags = if crc { Flags::HAS_CRC } else { Flags::NONE };
         let op = self.opcode() as u8;
-        let none: &[u8] = &[];
-        match self {
-            Request::Ping | Request::Topology => write_frame(out, op, flags, request_id, 0, [none; 3]),
-            Request::Get { key } | Request::Del { key } | Request::Ttl { key } | Request::Exists { key } => {
-                write_frame(out, op, flags, request_id, 0, [key, none, none])
-            }
+        let simple = match self {
+            Request::Ping => RequestRef::Ping,
+            Request::Topology => RequestRef::Topology,
+            Request::Get { key } => RequestRef::Get { key },
+            Request::Del { key } => RequestRef::Del { key },
+            Request::Ttl { key } => RequestRef::Ttl { key },
+            Request::Exists { key } => RequestRef::Exists { key },
             Request::Set {
                 key,
                 value,
                 ttl_ms,
                 condition,
-            } => {
-                flags = match condition {
-                    SetCondition::Always => flags,
-                    SetCondition::IfAbsent => flags | Flags::NX,
-                    SetCondition::IfPresent => flags | Flags::XX,
-                };
-                write_frame(out, op, flags, request_id, *ttl_ms, [key, value, none])
-            }
+            } => RequestRef::Set {
+                key,
+                value,
+                ttl_ms: *ttl_ms,
+                condition: *condition,
+            },
             Request::Cas {
                 key,
                 expected,
                 value,
                 ttl_ms,
-            } => write_frame(out, op, flags, request_id, *ttl_ms, [key, value, expected]),
-            Request::Incr { key, delta } => write_frame(out, op, flags, request_id, *delta as u64, [key, none, none]),
-            Request::Expire { key, ttl_ms } => write_frame(out, op, flags, request_id, *ttl_ms, [key, none, none]),
+            } => RequestRef::Cas {
+                key,
+                expected,
+                value,
+                ttl_ms: *ttl_ms,
+            },
+            Request::Incr { key, delta } => RequestRef::Incr { key, delta: *delta },
+            Request::Expire { key, ttl_ms } => RequestRef::Expire { key, ttl_ms: *ttl_ms },
             Request::MGet(batch) | Request::MSet(batch) => {
                 let kind = if matches!(self, Request::MGet(_)) {
                     BatchKind::Keys
@@ -284,9 +288,109 @@ impl Request {
                     self.opcode(),
                     batch.kind()
                 );
-                write_batch(out, op, flags, request_id, batch)
+                return write_batch(out, op, flags, request_id, batch);
             }
+        };
+        simple.encode(request_id, crc, out);
+    }
+}
+
+/// A request without a batch, whose sections are borrowed slices: it encodes exactly as the
+/// matching [`Request`] without building one, so a client can send a caller's key and value
+/// without first copying them into `Bytes`. (MGET and MSET are written with
+/// [`BatchEncoder`](super::BatchEncoder).)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestRef<'a> {
+    Ping,
+    Get {
+        key: &'a [u8],
+    },
+    Set {
+        key: &'a [u8],
+        value: &'a [u8],
+        ttl_ms: u64,
+        condition: SetCondition,
+    },
+    Del {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl_ms: u64,
+    },
+    Incr {
+        key: &'a [u8],
+        delta: i64,
+    },
+    Expire {
+        key: &'a [u8],
+        ttl_ms: u64,
+    },
+    Ttl {
+        key: &'a [u8],
+    },
+    Exists {
+        key: &'a [u8],
+    },
+    Topology,
+}
+
+impl RequestRef<'_> {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            RequestRef::Ping => Opcode::Ping,
+            RequestRef::Get { .. } => Opcode::Get,
+            RequestRef::Set { .. } => Opcode::Set,
+            RequestRef::Del { .. } => Opcode::Del,
+            RequestRef::Cas { .. } => Opcode::Cas,
+            RequestRef::Incr { .. } => Opcode::Incr,
+            RequestRef::Expire { .. } => Opcode::Expire,
+            RequestRef::Ttl { .. } => Opcode::Ttl,
+            RequestRef::Exists { .. } => Opcode::Exists,
+            RequestRef::Topology => Opcode::Topology,
         }
+    }
+
+    /// Appends this request as one frame (with a CRC trailer if `crc`); returns the frame's length.
+    ///
+    /// # Panics
+    /// If a section is 4 GiB or more.
+    pub fn encode(&self, request_id: u64, crc: bool, out: &mut BytesMut) -> usize {
+        let start = out.len();
+        let mut flags = if crc { Flags::HAS_CRC } else { Flags::NONE };
+        let op = self.opcode() as u8;
+        let none: &[u8] = &[];
+        match *self {
+            RequestRef::Ping | RequestRef::Topology => write_frame(out, op, flags, request_id, 0, [none; 3]),
+            RequestRef::Get { key }
+            | RequestRef::Del { key }
+            | RequestRef::Ttl { key }
+            | RequestRef::Exists { key } => write_frame(out, op, flags, request_id, 0, [key, none, none]),
+            RequestRef::Set {
+                key,
+                value,
+                ttl_ms,
+                condition,
+            } => {
+                flags = match condition {
+                    SetCondition::Always => flags,
+                    SetCondition::IfAbsent => flags | Flags::NX,
+                    SetCondition::IfPresent => flags | Flags::XX,
+                };
+                write_frame(out, op, flags, request_id, ttl_ms, [key, value, none])
+            }
+            RequestRef::Cas {
+                key,
+                expected,
+                value,
+                ttl_ms,
+            } => write_frame(out, op, flags, request_id, ttl_ms, [key, value, expected]),
+            RequestRef::Incr { key, delta } => write_frame(out, op, flags, request_id, delta as u64, [key, none, none]),
+            RequestRef::Expire { key, ttl_ms } => write_frame(out, op, flags, request_id, ttl_ms, [key, none, none]),
+        }
+        out.len() - start
     }
 }
 

@@ -25,5 +25,5 @@ pub use batch::{Batch, BatchEncoder, BatchEntry, BatchIter, BatchKind, ABSENT, E
 pub use error::{ErrorCode, FrameError};
 pub use frame::{Frame, FrameDecoder, Limits};
 pub use header::{offset, Flags, Header, Opcode, CRC_LEN, HEADER_LEN, MAGIC, VERSION};
-pub use message::{Request, Response, SetCondition, Topology, HASH_COREKV_V1, TOPOLOGY_HEADER_LEN};
+pub use message::{Request, RequestRef, Response, SetCondition, Topology, HASH_COREKV_V1, TOPOLOGY_HEADER_LEN};
 pub use reply::{write_error, write_value};

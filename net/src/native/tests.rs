@@ -851,3 +851,55 @@ proptest! {
         prop_assert_eq!(run_chunks_with(limits, &split(&stream, &cuts)), whole);
     }
 }
+
+#[test]
+fn request_ref_encodes_like_request_and_returns_the_frame_length() {
+    let value = b"new".to_vec();
+    let cases = [
+        (
+            RequestRef::Cas {
+                key: b"k",
+                expected: b"old",
+                value: &value,
+                ttl_ms: 10,
+            },
+            Request::Cas {
+                key: b(b"k"),
+                expected: b(b"old"),
+                value: b(b"new"),
+                ttl_ms: 10,
+            },
+        ),
+        (
+            RequestRef::Set {
+                key: b"k",
+                value: b"v",
+                ttl_ms: 5,
+                condition: SetCondition::IfPresent,
+            },
+            Request::Set {
+                key: b(b"k"),
+                value: b(b"v"),
+                ttl_ms: 5,
+                condition: SetCondition::IfPresent,
+            },
+        ),
+        (
+            RequestRef::Incr { key: b"n", delta: -3 },
+            Request::Incr {
+                key: b(b"n"),
+                delta: -3,
+            },
+        ),
+        (RequestRef::Topology, Request::Topology),
+    ];
+    for (borrowed, owned) in cases {
+        for crc in [false, true] {
+            let mut out = BytesMut::from(&b"prefix"[..]);
+            let len = borrowed.encode(9, crc, &mut out);
+            assert_eq!(len, out.len() - 6);
+            assert_eq!(&out[6..], &encode_req(&owned, 9, crc)[..]);
+            assert_eq!(borrowed.opcode(), owned.opcode());
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The blocking client: std `TcpStream`s (with `TCP_NODELAY`), one per shard, driven by the
+//! calling thread. See the [module docs](super) for connections, timeouts and retries.
+//!
+//! A call (or a [`Pipeline`]) runs in rounds: route what is left to do into frames, write them
+//! shard by shard while reading responses whenever a connection has
+//! [`MAX_UNANSWERED_BYTES`](super::MAX_UNANSWERED_BYTES) unanswered (so a write never blocks on a
+//! server that waits for us to read), read every connection until its requests are answered, then
+//! retry what the policy allows after the backoff.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::config::{ttl_ms, ClientConfig, Reply, SetOptions, Ttl};
+use super::connection::Connection;
+use super::error::{retry_policy, ClientError, Retry};
+use super::expect_reply;
+use super::plan::{FrameSpec, Op, Plan};
+use super::router::Router;
+use super::Pipeline;
+use crate::native::{RequestRef, Response, Topology};
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Encoded requests are written once this much is buffered (and at the end of a round).
+const FLUSH_AT: usize = 16 * 1024;
+
+type Event = (usize, Result<Response, ClientError>);
+
+/// One shard's connection: the socket and its protocol state. Tokens are frame indices.
+struct ShardConn {
+    stream: TcpStream,
+    conn: Connection<usize>,
+}
+
+impl ShardConn {
+    fn open(addr: &str, config: &ClientConfig) -> Result<ShardConn, ClientError> {
+        let mut last = None;
+        for socket_addr in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&socket_addr, config.connect_timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(ShardConn {
+                        stream,
+                        conn: Connection::new(config.crc, config.limits),
+                    });
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, format!("{addr} resolves to no address")))
+            .into())
+    }
+
+    /// True unless the server closed (or wrote on) this idle connection since its last use.
+    fn idle_and_alive(&mut self) -> bool {
+        if self.conn.is_failed() {
+            return false;
+        }
+        if self.conn.outstanding() > 0 {
+            return true;
+        }
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let alive = matches!(self.stream.peek(&mut byte), Err(err) if err.kind() == ErrorKind::WouldBlock);
+        alive && self.stream.set_nonblocking(false).is_ok()
+    }
+
+    fn fail(&mut self, cause: ClientError, events: &mut Vec<Event>) {
+        events.extend(self.conn.fail(cause).into_iter().map(|(token, err)| (token, Err(err))));
+    }
+
+    /// Writes everything encoded so far.
+    fn flush(&mut self, events: &mut Vec<Event>) {
+        if self.conn.is_failed() || self.conn.output_len() == 0 {
+            return;
+        }
+        let out = self.conn.take_output();
+        if let Err(err) = self.stream.write_all(&out) {
+            self.fail(err.into(), events);
+        }
+    }
+
+    /// Decodes the responses already received.
+    fn drain(&mut self, events: &mut Vec<Event>) {
+        loop {
+            match self.conn.poll_completion() {
+                Ok(Some(completion)) => events.push((completion.token, Ok(completion.response))),
+                Ok(None) => return,
+                Err(failed) => {
+                    events.extend(failed.into_iter().map(|(token, err)| (token, Err(err))));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for bytes (until the earliest deadline) and decodes them; fails the connection on
+    /// EOF, an I/O error, or a deadline passed with nothing more to read. (Once a deadline has
+    /// passed, the socket is still read without waiting: a response that arrived while the
+    /// caller was busy with another connection is not mistaken for a timeout.)
+    fn read_some(&mut self, events: &mut Vec<Event>) {
+        let Some(deadline) = self.conn.next_deadline() else {
+            return;
+        };
+        let now = Instant::now();
+        let expired = deadline <= now;
+        let setup = if expired {
+            self.stream.set_nonblocking(true)
+        } else {
+            self.stream
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+        };
+        if let Err(err) = setup {
+            return self.fail(err.into(), events);
+        }
+        let input = self.conn.input();
+        let start = input.len();
+        input.resize(start + READ_CHUNK, 0);
+        let read = self.stream.read(&mut input[start..]);
+        let got = *read.as_ref().unwrap_or(&0);
+        input.truncate(start + got);
+        if expired {
+            if let Err(err) = self.stream.set_nonblocking(false) {
+                return self.fail(err.into(), events);
+            }
+        }
+        match read {
+            Ok(0) => self.fail(
+                ClientError::Disconnected {
+                    outcome_unknown: false,
+                    reason: "connection closed by the server".into(),
+                },
+                events,
+            ),
+            Ok(_) => self.drain(events),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                if expired {
+                    self.fail(ClientError::Timeout { outcome_unknown: false }, events);
+                }
+            }
+            Err(err) => self.fail(err.into(), events),
+        }
+    }
+
+    /// Reads until every request is answered or the connection failed.
+    fn finish(&mut self, events: &mut Vec<Event>) {
+        while self.conn.outstanding() > 0 && !self.conn.is_failed() {
+            self.read_some(events);
+        }
+    }
+}
+
+/// A blocking corekv client. Not `Sync`: one thread drives it at a time (it is `Send`).
+pub struct Client {
+    seed: String,
+    config: ClientConfig,
+    router: Option<Router>,
+    conns: Vec<Option<ShardConn>>,
+    /// Fetch the topology again before the next round (a connection failed, or WRONG_SHARD).
+    stale: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("seed", &self.seed)
+            .field("router", &self.router)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the seed, fetches the topology (retrying per the policy) and returns a client.
+    /// Shard connections are opened lazily, on first use.
+    pub fn connect(seed: impl Into<String>, config: ClientConfig) -> Result<Client, ClientError> {
+        let mut client = Client {
+            seed: seed.into(),
+            config,
+            router: None,
+            conns: Vec::new(),
+            stale: true,
+        };
+        let mut retry = 0;
+        loop {
+            match client.refresh_topology() {
+                Ok(()) => return Ok(client),
+                Err(err) if retry < client.config.max_retries && retry_policy(&err) != Retry::No => {
+                    std::thread::sleep(client.config.retry_backoff.delay(retry));
+                    retry += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The topology in use (fetched again first if a failure made it stale).
+    pub fn topology(&mut self) -> Result<Topology, ClientError> {
+        self.ensure_router()?;
+        match &self.router {
+            Some(router) => Ok(router.topology().clone()),
+            None => Err(ClientError::Topology("no topology".into())),
+        }
+    }
+
+    /// Fetches the topology from the seed now; connections are kept if it did not change.
+    pub fn refresh_topology(&mut self) -> Result<(), ClientError> {
+        let router = self.fetch_router()?;
+        if self.router.as_ref() != Some(&router) {
+            self.conns = (0..router.shard_count()).map(|_| None).collect();
+            self.router = Some(router);
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    fn fetch_router(&self) -> Result<Router, ClientError> {
+        let mut seed = ShardConn::open(&self.seed, &self.config)?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        seed.conn.send(RequestRef::Topology, 0, deadline);
+        let mut events = Vec::new();
+        seed.flush(&mut events);
+        while events.is_empty() && seed.conn.outstanding() > 0 {
+            seed.read_some(&mut events);
+        }
+        match events.pop() {
+            Some((_, result)) => Router::from_response(result?),
+            None => Err(ClientError::Disconnected {
+                outcome_unknown: false,
+                reason: "the seed did not answer TOPOLOGY".into(),
+            }),
+        }
+    }
+
+    fn ensure_router(&mut self) -> Result<(), ClientError> {
+        if self.stale || self.router.is_none() {
+            self.refresh_topology()?;
+        }
+        Ok(())
+    }
+
+    /// Drops connections the server closed while they were idle; any such loss makes the
+    /// topology stale (the node may have restarted with other shards).
+    fn drop_dead_connections(&mut self) {
+        for slot in &mut self.conns {
+            if slot.as_mut().is_some_and(|conn| !conn.idle_and_alive()) {
+                *slot = None;
+                self.stale = true;
+            }
+        }
+    }
+
+    /// Sends a round's frames and collects their outcomes into the plan.
+    fn run_round<K: AsRef<[u8]>>(&mut self, plan: &mut Plan<K>) {
+        self.drop_dead_connections();
+        if let Err(err) = self.ensure_router() {
+            return plan.fail_round(&err);
+        }
+        let Some(router) = &self.router else {
+            return plan.fail_round(&ClientError::Topology("no topology".into()));
+        };
+        let frames = plan.frames(router);
+        let endpoints = router.endpoints().to_vec();
+        let mut broken: Vec<Option<ClientError>> = vec![None; endpoints.len()];
+        let mut events: Vec<Event> = Vec::new();
+        let apply = |plan: &mut Plan<K>, events: &mut Vec<Event>, frames: &[FrameSpec]| {
+            for (token, result) in events.drain(..) {
+                plan.complete(&frames[token], result);
+            }
+        };
+        for (index, frame) in frames.iter().enumerate() {
+            let shard = frame.shard as usize;
+            if let Some(err) = broken.get(shard).and_then(Option::as_ref) {
+                let not_sent = ClientError::Disconnected {
+                    outcome_unknown: false,
+                    reason: format!("not sent: {err}"),
+                };
+                plan.complete(frame, Err(not_sent));
+                continue;
+            }
+            if self.conns[shard].is_none() {
+                match ShardConn::open(&endpoints[shard], &self.config) {
+                    Ok(conn) => self.conns[shard] = Some(conn),
+                    Err(err) => {
+                        broken[shard] = Some(err.clone());
+                        self.stale = true;
+                        plan.complete(frame, Err(err));
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = self.conns[shard].as_mut() else {
+                continue;
+            };
+            plan.encode(
+                frame,
+                &mut conn.conn,
+                index,
+                Instant::now() + self.config.request_timeout,
+            );
+            while conn.conn.must_read_before_write() && !conn.conn.is_failed() {
+                conn.read_some(&mut events);
+            }
+            if conn.conn.output_len() >= FLUSH_AT {
+                conn.flush(&mut events);
+            }
+            apply(plan, &mut events, &frames);
+            if let Some(err) = conn.conn.failure() {
+                broken[shard] = Some(err.clone());
+                self.conns[shard] = None;
+                self.stale = true;
+            }
+        }
+        // Every shard's requests go out before any shard is waited for.
+        for conn in self.conns.iter_mut().flatten() {
+            conn.flush(&mut events);
+        }
+        for slot in &mut self.conns {
+            if let Some(conn) = slot {
+                conn.finish(&mut events);
+                apply(plan, &mut events, &frames);
+                if conn.conn.is_failed() {
+                    *slot = None;
+                    self.stale = true;
+                }
+            }
+        }
+    }
+
+    fn run<K: AsRef<[u8]>>(&mut self, ops: Vec<Op<K>>) -> Vec<Result<Reply, ClientError>> {
+        let mut plan = Plan::new(ops);
+        loop {
+            self.run_round(&mut plan);
+            match plan.next_round(self.config.max_retries) {
+                None => return plan.into_results(),
+                Some(refresh) => {
+                    self.stale |= refresh;
+                    std::thread::sleep(self.config.retry_backoff.delay(plan_retries(&plan)));
+                }
+            }
+        }
+    }
+
+    fn one<K: AsRef<[u8]>>(&mut self, op: Op<K>) -> Result<Reply, ClientError> {
+        self.run(vec![op]).pop().unwrap_or_else(|| {
+            Err(ClientError::Disconnected {
+                outcome_unknown: false,
+                reason: "no result (client bug)".into(),
+            })
+        })
+    }
+
+    /// Sends every operation of `pipeline` (to whichever shards they go, at most
+    /// [`MAX_UNANSWERED_BYTES`](super::MAX_UNANSWERED_BYTES) unanswered per connection at a time)
+    /// and returns their results in submission order. Each operation is retried on its own.
+    pub fn execute(&mut self, pipeline: &Pipeline) -> Vec<Result<Reply, ClientError>> {
+        self.run(pipeline.ops.clone())
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        expect_reply!(self.one(Op::<&[u8]>::Ping), Reply::Done => ())
+    }
+
+    /// The value of `key`, a slice of the received frame (no copy).
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, ClientError> {
+        expect_reply!(self.one(Op::Get(key.as_ref())), Reply::Value(value) => value)
+    }
+
+    /// Stores `value` (encoded straight from the caller's bytes); false when the condition (NX/XX)
+    /// prevented the store.
+    pub fn set(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: SetOptions,
+    ) -> Result<bool, ClientError> {
+        let op = Op::Set {
+            key: key.as_ref(),
+            value: value.as_ref(),
+            ttl_ms: ttl_ms(options.ttl),
+            condition: options.condition,
+        };
+        expect_reply!(self.one(op), Reply::Bool(stored) => stored)
+    }
+
+    /// Removes `key`; true if it existed.
+    pub fn del(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        expect_reply!(self.one(Op::Del(key.as_ref())), Reply::Bool(removed) => removed)
+    }
+
+    /// The values of `keys`, in their order (one MGET frame per shard).
+    pub fn mget<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        let keys = keys.iter().map(AsRef::as_ref).collect();
+        expect_reply!(self.one(Op::MGet(keys)), Reply::Values(values) => values)
+    }
+
+    /// Stores every pair (one MSET frame per shard). If an error is returned, the shards whose
+    /// frames succeeded have stored their pairs.
+    pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> Result<(), ClientError> {
+        let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        expect_reply!(self.one(Op::MSet(pairs)), Reply::Done => ())
+    }
+
+    /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
+    pub fn cas(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        expected: impl AsRef<[u8]>,
+        new: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, ClientError> {
+        let op = Op::Cas {
+            key: key.as_ref(),
+            expected: expected.as_ref(),
+            value: new.as_ref(),
+            ttl_ms: ttl_ms(ttl),
+        };
+        expect_reply!(self.one(op), Reply::Bool(swapped) => swapped)
+    }
+
+    /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
+    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
+        let op = Op::Incr {
+            key: key.as_ref(),
+            delta,
+        };
+        expect_reply!(self.one(op), Reply::Integer(value) => value)
+    }
+
+    /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
+    pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<bool, ClientError> {
+        let op = Op::Expire {
+            key: key.as_ref(),
+            ttl_ms: ttl_ms(ttl),
+        };
+        expect_reply!(self.one(op), Reply::Bool(exists) => exists)
+    }
+
+    pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> Result<Ttl, ClientError> {
+        expect_reply!(self.one(Op::Ttl(key.as_ref())), Reply::Ttl(ttl) => ttl)
+    }
+
+    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        expect_reply!(self.one(Op::Exists(key.as_ref())), Reply::Bool(exists) => exists)
+    }
+}
+
+fn plan_retries<K: AsRef<[u8]>>(plan: &Plan<K>) -> u32 {
+    plan.retries().saturating_sub(1)
+}

@@ -1,0 +1,212 @@
+//! The client library of corekv's native protocol (`net/PROTOCOL.md`).
+//!
+//! A client connects to any shard's port of a node (the *seed*), asks for the TOPOLOGY, and then
+//! sends each request straight to the shard that owns its key, over one connection per shard,
+//! routing keys with [`crate::routing::key_shard`]. Keys and values are taken as
+//! `impl AsRef<[u8]>` and encoded straight from the caller's bytes; values come back as `Bytes`
+//! slices of the connection's receive buffer (no copy). MGET and MSET travel as one batch frame per
+//! shard, and MGET's values come back in the caller's key order.
+//!
+//! - [`blocking::Client`]: std sockets, methods take `&mut self`; pipelining with [`Pipeline`].
+//! - `tokio::Client` (cargo feature `tokio`): cloneable, `Send + Sync`, methods take `&self`;
+//!   concurrent calls pipeline over each shard's connection.
+//! - The sans-IO parts both are built on: [`Connection`] (request ids, encoding, matching
+//!   responses by id, out of order) and [`Router`] (topology, key → shard, splitting batches).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use corekv_net::client::{blocking::Client, ClientConfig, SetOptions, Ttl};
+//!
+//! # fn main() -> Result<(), corekv_net::client::ClientError> {
+//! let mut client = Client::connect("127.0.0.1:7380", ClientConfig::default())?;
+//! client.set("user:1", "ada", SetOptions::default())?;
+//! assert_eq!(client.get("user:1")?.as_deref(), Some(&b"ada"[..]));
+//! let values = client.mget(&["user:1", "user:2"])?; // [Some("ada"), None]
+//! assert_eq!(values.len(), 2);
+//! assert_eq!(client.incr("hits", 1)?, 1);
+//! client.expire("user:1", Some(Duration::from_secs(60)))?;
+//! assert!(matches!(client.ttl("user:1")?, Ttl::Expires(_)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connections
+//!
+//! `connect` fetches the topology from the seed at once (so a wrong address fails there); the
+//! connection to each shard is opened lazily, on its first request. After a connection fails
+//! (reset, closed, timed out, or undecodable bytes) the client drops it, and the next request
+//! fetches the topology from the seed again and reconnects: a node restart costs callers nothing
+//! more than a reconnection. The blocking client also checks, before it sends on an idle
+//! connection, that the server has not closed it meanwhile, so a write after a restart goes to a
+//! fresh connection instead of failing with an unknown outcome.
+//!
+//! # Timeouts
+//!
+//! Every request has [`ClientConfig::request_timeout`], counted from when it is handed to its
+//! connection. A request not answered by then fails with [`ClientError::Timeout`], and its whole
+//! connection is dropped: a late response can never reach another request (ids are never reused
+//! on a connection either), and the other requests in flight on that connection fail as in a
+//! disconnection.
+//!
+//! # Retries
+//!
+//! A failed operation is retried, up to [`ClientConfig::max_retries`] times, waiting
+//! [`ClientConfig::retry_backoff`] (doubling, capped) before each retry, only when that is safe:
+//!
+//! - **reads** (GET, MGET, TTL, EXISTS, PING, TOPOLOGY) after a transport failure or a timeout;
+//! - **any operation** that provably was not sent (the connection could not be opened, or broke
+//!   before the request's bytes were handed to the socket);
+//! - **any operation** the server refused with WRONG_SHARD (after fetching the topology again) or
+//!   SHUTTING_DOWN: both guarantee that nothing was done.
+//!
+//! A write (SET, DEL, MSET, CAS, INCR, EXPIRE) whose bytes may have reached the server is never
+//! retried: a transport failure returns [`ClientError::Disconnected`] and a timeout
+//! [`ClientError::Timeout`], both with `outcome_unknown: true`
+//! ([`ClientError::is_outcome_unknown`]). Other server errors (NOT_AN_INTEGER, OUT_OF_MEMORY…)
+//! and a topology the client cannot use (an unknown routing hash) are returned at once. A retry
+//! resends only the unfinished part of an operation (the failed shards' frames of an MGET or
+//! MSET).
+
+pub mod blocking;
+mod config;
+mod connection;
+mod error;
+mod plan;
+mod router;
+#[cfg(test)]
+mod tests;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+use bytes::Bytes;
+
+pub use self::config::{Backoff, ClientConfig, Reply, SetOptions, Ttl};
+pub use self::connection::{is_read, Completion, Connection, MAX_UNANSWERED_BYTES};
+pub use self::error::ClientError;
+pub use self::router::Router;
+pub use crate::native::{SetCondition, Topology};
+
+use self::config::ttl_ms;
+use self::plan::Op;
+
+/// Operations queued to be sent together: [`blocking::Client::execute`] (or the tokio client's)
+/// sends them all, to whichever shards they go, and returns one result per operation in
+/// submission order. Keys and values are held as `Bytes` (a key given as a slice is copied once).
+#[derive(Clone, Debug, Default)]
+pub struct Pipeline {
+    ops: Vec<Op<Bytes>>,
+}
+
+fn bytes_of(key: impl AsRef<[u8]>) -> Bytes {
+    Bytes::copy_from_slice(key.as_ref())
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline::default()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+    /// Reply: [`Reply::Done`].
+    pub fn ping(&mut self) -> &mut Self {
+        self.ops.push(Op::Ping);
+        self
+    }
+    /// Reply: [`Reply::Value`].
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.ops.push(Op::Get(bytes_of(key)));
+        self
+    }
+    /// Reply: [`Reply::Bool`], whether it stored.
+    pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl Into<Bytes>, options: SetOptions) -> &mut Self {
+        self.ops.push(Op::Set {
+            key: bytes_of(key),
+            value: value.into(),
+            ttl_ms: ttl_ms(options.ttl),
+            condition: options.condition,
+        });
+        self
+    }
+    /// Reply: [`Reply::Bool`], whether the key existed.
+    pub fn del(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.ops.push(Op::Del(bytes_of(key)));
+        self
+    }
+    /// Reply: [`Reply::Bool`], whether it swapped.
+    pub fn cas(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        expected: impl Into<Bytes>,
+        new: impl Into<Bytes>,
+        ttl: Option<std::time::Duration>,
+    ) -> &mut Self {
+        self.ops.push(Op::Cas {
+            key: bytes_of(key),
+            expected: expected.into(),
+            value: new.into(),
+            ttl_ms: ttl_ms(ttl),
+        });
+        self
+    }
+    /// Reply: [`Reply::Integer`], the new value.
+    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> &mut Self {
+        self.ops.push(Op::Incr {
+            key: bytes_of(key),
+            delta,
+        });
+        self
+    }
+    /// Reply: [`Reply::Bool`], whether the key exists. `None` removes the TTL.
+    pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: Option<std::time::Duration>) -> &mut Self {
+        self.ops.push(Op::Expire {
+            key: bytes_of(key),
+            ttl_ms: ttl_ms(ttl),
+        });
+        self
+    }
+    /// Reply: [`Reply::Ttl`].
+    pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.ops.push(Op::Ttl(bytes_of(key)));
+        self
+    }
+    /// Reply: [`Reply::Bool`].
+    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.ops.push(Op::Exists(bytes_of(key)));
+        self
+    }
+    /// Reply: [`Reply::Values`], in the keys' order.
+    pub fn mget<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> &mut Self {
+        self.ops.push(Op::MGet(keys.iter().map(bytes_of).collect()));
+        self
+    }
+    /// Reply: [`Reply::Done`].
+    pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> &mut Self {
+        self.ops.push(Op::MSet(
+            pairs.iter().map(|(k, v)| (bytes_of(k), bytes_of(v))).collect(),
+        ));
+        self
+    }
+}
+
+/// Takes the reply of the variant an operation produces; any other is a client bug, reported as
+/// an error rather than a panic.
+macro_rules! expect_reply {
+    ($result:expr, $pattern:pat => $value:expr) => {
+        match $result {
+            Ok($pattern) => Ok($value),
+            Ok(other) => Err($crate::client::ClientError::Disconnected {
+                outcome_unknown: false,
+                reason: format!("unexpected reply {other:?} (client bug)"),
+            }),
+            Err(err) => Err(err),
+        }
+    };
+}
+pub(crate) use expect_reply;

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod client;
 mod concurrency;
 mod differential;
 mod expiry;

@@ -342,7 +342,7 @@ fn responses_from_different_shards_complete_out_of_order_and_reach_their_request
         // Large values on some keys, small on others, on both shards: the small ones' answers
         // overtake the large ones'.
         let value_of = |i: usize| -> Vec<u8> {
-            let len = if i % 7 == 0 { 2 * 1024 * 1024 } else { 16 };
+            let len = if i.is_multiple_of(7) { 2 * 1024 * 1024 } else { 16 };
             (0..len).map(|j| (i * 31 + j) as u8).collect()
         };
         for i in 0..64 {

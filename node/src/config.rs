@@ -67,6 +67,11 @@ pub struct Cli {
     /// Do not pin shard threads to cores (pinning happens only when shards <= cores anyway).
     #[arg(long)]
     pub no_pin: bool,
+    /// After answering, a connection tries non-blocking reads for this long before it sleeps:
+    /// lower latency for one-request-at-a-time clients, for up to that much CPU per response
+    /// (e.g. 30us; 0 = off, at most 1ms) [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    pub busy_poll: Option<String>,
     /// When a write is acknowledged: always (after its log record is on disk), periodic (at once;
     /// the log is synced every --fsync-interval), none (no log) [default: periodic].
     #[arg(long, value_name = "MODE")]
@@ -103,6 +108,7 @@ pub struct FileConfig {
     pub databases: Option<usize>,
     pub max_clients: Option<usize>,
     pub no_pin: Option<bool>,
+    pub busy_poll: Option<String>,
     pub durability: Option<String>,
     pub fsync_interval: Option<String>,
     pub segment_size: Option<toml::Value>,
@@ -124,6 +130,8 @@ pub struct Config {
     pub databases: usize,
     pub max_clients: usize,
     pub pin: bool,
+    /// How long a connection polls its socket before sleeping (zero: it does not).
+    pub busy_poll: std::time::Duration,
     pub persistence: PersistConfig,
 }
 
@@ -244,6 +252,14 @@ impl Config {
                 reason: "native-port + shards - 1 must be a valid port (at most 65535)",
             });
         }
+        let busy_poll = match cli.busy_poll.as_ref().or(file.busy_poll.as_ref()) {
+            None => std::time::Duration::ZERO,
+            Some(text) => parse_busy_poll(text).map_err(|reason| ConfigError::Invalid {
+                setting: "busy-poll",
+                value: text.clone(),
+                reason,
+            })?,
+        };
         Ok(Config {
             persistence,
             native_port,
@@ -259,6 +275,7 @@ impl Config {
             databases,
             max_clients,
             pin: !(cli.no_pin || file.no_pin.unwrap_or(false)),
+            busy_poll,
         })
     }
 }
@@ -371,6 +388,24 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, &'static str> {
         return Err("must be between 1ms and 1 hour");
     }
     Ok(std::time::Duration::from_millis(ms))
+}
+
+/// Parses `30us`, `1ms` or `0`: at most 1 ms.
+pub fn parse_busy_poll(text: &str) -> Result<std::time::Duration, &'static str> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| "expected a duration such as 30us or 1ms")?;
+    let micros = match unit {
+        "us" => number,
+        "ms" => number.saturating_mul(1000),
+        "" if number == 0 => 0,
+        _ => return Err("give a unit: us or ms"),
+    };
+    if micros > 1000 {
+        return Err("must be at most 1ms");
+    }
+    Ok(std::time::Duration::from_micros(micros))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -498,5 +533,26 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("invalid shards '0'"), "{err}");
+    }
+
+    #[test]
+    fn busy_poll_takes_microseconds_up_to_one_millisecond() {
+        use std::time::Duration;
+        assert_eq!(parse_busy_poll("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_busy_poll("30us"), Ok(Duration::from_micros(30)));
+        assert_eq!(parse_busy_poll("1ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_busy_poll("2ms").is_err());
+        assert!(
+            parse_busy_poll("30").is_err(),
+            "a bare number other than 0 is ambiguous"
+        );
+        assert!(parse_busy_poll("fast").is_err());
+        let config = Config::resolve(Cli {
+            busy_poll: Some("50us".into()),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(config.busy_poll, Duration::from_micros(50));
+        assert_eq!(Config::resolve(Cli::default()).unwrap().busy_poll, Duration::ZERO);
     }
 }

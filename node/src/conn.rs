@@ -70,6 +70,7 @@ pub struct Connection {
 impl Connection {
     pub fn new(shard: Rc<Shard>, info: Rc<RefCell<ClientInfo>>) -> Self {
         let shards = shard.shards;
+        let busy_poll = shard.node.config.busy_poll;
         Connection {
             shard,
             info,
@@ -83,7 +84,7 @@ impl Connection {
             slots: Vec::new(),
             batches: (0..shards).map(|_| Vec::new()).collect(),
             remote_pending: false,
-            reader: AdaptiveRead::default(),
+            reader: AdaptiveRead::new(busy_poll),
             log_failed: false,
         }
     }

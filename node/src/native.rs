@@ -63,7 +63,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         decoder: FrameDecoder::new(Limits::default()),
         rbuf: BytesMut::with_capacity(AdaptiveRead::INITIAL),
         out: BytesMut::with_capacity(AdaptiveRead::INITIAL),
-        reader: AdaptiveRead::default(),
+        reader: AdaptiveRead::new(shard.node.config.busy_poll),
     };
     connection.run(&mut stream).await;
     update_stats(&shard, |s| s.connections -= 1);

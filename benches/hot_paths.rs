@@ -1,9 +1,12 @@
-//! Criterion micro-benchmarks of corekv's hot paths: the RESP codec, the routing hash and (below)
-//! the storage engine. Run with `cargo bench -p corekv-benches`.
+//! Criterion micro-benchmarks of corekv's hot paths: the RESP codec, the native codec, the routing
+//! hash and (below) the storage engine. Run with `cargo bench -p corekv-benches`.
 
 use bytes::{Bytes, BytesMut};
 use corekv_engine::slab_memory::SlabMemory;
 use corekv_engine::{EngineConfig, EvictionPolicy, Expiry, Keyspace};
+use corekv_net::native::{
+    BatchEncoder, FrameDecoder, Limits, Opcode, Request, Response, SetCondition as NativeSetCondition,
+};
 use corekv_net::resp::{ParseLimits, Protocol, ReplyEncoder, RequestParser};
 use corekv_net::routing::{key_shard, key_slot};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -93,9 +96,125 @@ fn bench_routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// The native protocol's codec (`corekv_net::native`), as the bench tool and the node use it:
+/// encode a GET and a SET request, decode a pipeline of 16 VALUE responses, and encode/decode
+/// an MGET of 16 keys with its VALUE batch answer. Buffers are reused across iterations.
+fn bench_native_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("native_codec");
+    group.measurement_time(std::time::Duration::from_secs(2));
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    let key = Bytes::from_static(b"key:000000000042");
+    let value = Bytes::from(vec![b'v'; 100]);
+    let limits = Limits::default();
+    let mut out = BytesMut::with_capacity(16 * 1024);
+
+    group.throughput(Throughput::Elements(1));
+    let get = Request::Get { key: key.clone() };
+    group.bench_function("encode_get_16b", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(&get).encode(black_box(42), false, &mut out);
+            out.len()
+        })
+    });
+    let set = Request::Set {
+        key: key.clone(),
+        value: value.clone(),
+        ttl_ms: 0,
+        condition: NativeSetCondition::Always,
+    };
+    group.bench_function("encode_set_16b_100b", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(&set).encode(black_box(42), false, &mut out);
+            out.len()
+        })
+    });
+
+    // 16 VALUE responses of 100 bytes back to back, as one socket read delivers them.
+    let mut pipeline = BytesMut::new();
+    for id in 1..=16u64 {
+        Response::Value(value.clone()).encode(id, false, &mut pipeline);
+    }
+    let pipeline = pipeline.freeze();
+    let mut decoder = FrameDecoder::new(limits);
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    group.throughput(Throughput::Elements(16));
+    group.bench_function("decode_pipeline_16_value_100b", |b| {
+        b.iter(|| {
+            input.extend_from_slice(black_box(&pipeline));
+            let mut ids = 0u64;
+            while let Some(frame) = decoder.decode(&mut input).expect("valid frames") {
+                let id = frame.request_id();
+                match Response::decode(frame, &limits).expect("valid response") {
+                    Response::Value(v) => ids += id + v.len() as u64,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            ids
+        })
+    });
+
+    let keys: Vec<Vec<u8>> = (0..16).map(|i| format!("key:{i:012}").into_bytes()).collect();
+    group.bench_function("encode_mget_16_keys", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut batch = BatchEncoder::begin(&mut out, Opcode::MGet, black_box(7), false);
+            for key in &keys {
+                batch.key(key);
+            }
+            batch.finish();
+            out.len()
+        })
+    });
+    let mut mget = BytesMut::new();
+    {
+        let mut batch = BatchEncoder::begin(&mut mget, Opcode::MGet, 7, false);
+        for key in &keys {
+            batch.key(key);
+        }
+    }
+    let mget = mget.freeze();
+    group.bench_function("decode_mget_16_keys", |b| {
+        b.iter(|| {
+            input.extend_from_slice(black_box(&mget));
+            let frame = decoder.decode(&mut input).expect("valid frame").expect("a whole frame");
+            match Request::decode(frame, &limits).expect("valid request") {
+                Request::MGet(batch) => batch.iter().map(|e| e.key.len()).sum::<usize>(),
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+    });
+    let mut values = BytesMut::new();
+    {
+        let mut batch = BatchEncoder::begin(&mut values, Opcode::Value, 7, false);
+        for i in 0..16 {
+            batch.value((i % 4 != 3).then_some(&value[..]));
+        }
+    }
+    let values = values.freeze();
+    group.bench_function("decode_mget_16_values_100b", |b| {
+        b.iter(|| {
+            input.extend_from_slice(black_box(&values));
+            let frame = decoder.decode(&mut input).expect("valid frame").expect("a whole frame");
+            match Response::decode(frame, &limits).expect("valid response") {
+                Response::Values(batch) => batch.iter().filter_map(|e| e.value).map(|v| v.len()).sum::<usize>(),
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+    });
+    group.finish();
+}
+
 // Engine benches join with their own groups (`engine_benches`, `resident_get_benches`) defined in
 // the section below.
-criterion_group!(net_benches, bench_parse, bench_encode, bench_routing);
+criterion_group!(
+    net_benches,
+    bench_parse,
+    bench_encode,
+    bench_native_codec,
+    bench_routing
+);
 criterion_main!(net_benches, engine_benches, resident_get_benches);
 
 // ---------------------------------------------------------------------------------------------

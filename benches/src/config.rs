@@ -1,0 +1,369 @@
+//! The command line ([`Cli`]) and the validated settings it turns into: the [`Workload`] (which
+//! requests) and the [`LoadConfig`] (how they are sent). Parsing of the small value syntaxes
+//! (`9:1`, `32-1024`, `10s`) lives here too, so every bad argument is refused before any socket
+//! is opened.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use crate::target::Target;
+
+/// `corekv-bench`: latency benchmark for RESP servers (corekv, Redis, Valkey) and corekv's native
+/// protocol, closed or open loop, without coordinated omission.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "corekv-bench", version)]
+pub struct Cli {
+    /// Server to load: resp://HOST:PORT (any RESP server) or native://HOST:PORT (a corekv node's
+    /// native port: any shard's port serves as the seed).
+    #[arg(long, value_parser = Target::parse)]
+    pub target: Target,
+    /// Second server, run alternately with --target (same workload); ratios are printed as
+    /// compare / target (B / A).
+    #[arg(long, value_parser = Target::parse, value_name = "TARGET_B")]
+    pub compare: Option<Target>,
+    /// Name of --target in tables, JSON and plots (default: its URL).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Name of --compare in tables, JSON and plots (default: its URL).
+    #[arg(long, value_name = "NAME")]
+    pub compare_name: Option<String>,
+    /// Measured runs per target, merged (default 1; 3 with --compare, in the order A B, B A, A B...).
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<u32>,
+
+    /// Reads to writes (GET:SET), e.g. 1:1, 9:1, 0:1.
+    #[arg(long, default_value = "9:1", value_parser = Ratio::parse)]
+    pub ratio: Ratio,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub keys: u64,
+    /// How keys are picked.
+    #[arg(long, value_enum, default_value_t = KeyPattern::Uniform)]
+    pub key_pattern: KeyPattern,
+    /// Zipf exponent for --key-pattern zipf (0 is uniform, 0.99 is the YCSB default).
+    #[arg(long, default_value_t = 0.99, value_name = "S")]
+    pub zipf_skew: f64,
+    /// Prefix of every key; keys are PREFIX + a zero-padded index (all keys have one length).
+    #[arg(long, default_value = "key:", value_name = "PREFIX")]
+    pub key_prefix: String,
+    /// Value size in bytes of SETs: N, or a range N-M picked uniformly per request.
+    #[arg(long, default_value = "100", value_parser = ValueSize::parse, value_name = "N|N-M")]
+    pub value_size: ValueSize,
+    /// Seed of the key, operation and value-size choices (each connection derives its own).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Requests outstanding per connection (the pipeline window).
+    #[arg(long, default_value_t = 1, value_name = "D")]
+    pub pipeline: u32,
+    /// Connections (with native://, each connection has one socket per shard).
+    #[arg(long, default_value_t = 8, value_name = "C")]
+    pub connections: u32,
+    /// Load-generator threads, each a single-threaded tokio runtime driving its share of the
+    /// connections (capped at --connections).
+    #[arg(long, default_value_t = 1, value_name = "T")]
+    pub threads: u32,
+    /// Measured time per round, e.g. 10s, 500ms, 2m (default 10s unless --requests is given).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Measured requests per round (over all connections), instead of --duration.
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+    /// Unrecorded load before each measured round.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// How long to wait for outstanding replies after a round before counting them as timeouts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// SET every key once (not recorded) before the first round on each target, so GETs hit.
+    #[arg(long)]
+    pub prefill: bool,
+    /// Open loop: send R requests/s in total, spread evenly over the connections at fixed
+    /// intervals; latency runs from each request's scheduled time. Without it: closed loop.
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// How the open loop waits for a request's scheduled time: timer (a timerfd per connection:
+    /// precise, CPU idle), spin (precise, keeps the bench thread busy) or sleep (tokio's 1 ms
+    /// timer: a send may be up to 1 ms late, and that delay counts as latency).
+    #[arg(long, value_enum, default_value_t = Pacing::Timer)]
+    pub pacing: Pacing,
+
+    /// Write the report as JSON (schema corekv-bench/1) to FILE, or to stdout with "-".
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+    /// Write a latency percentile-spectrum plot (.svg, or .html wrapping the SVG).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Print a live progress line each second on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Never print the live progress line.
+    #[arg(long, conflicts_with = "progress")]
+    pub no_progress: bool,
+}
+
+/// Reads and writes in proportion `read:write`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Ratio {
+    pub read: u32,
+    pub write: u32,
+}
+
+impl Ratio {
+    pub fn parse(text: &str) -> Result<Ratio, String> {
+        let (read, write) = text
+            .split_once(':')
+            .ok_or_else(|| format!("ratio {text:?} is not READ:WRITE, e.g. 9:1"))?;
+        let number = |s: &str| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("ratio {text:?}: {s:?} is not a whole number"))
+        };
+        let ratio = Ratio {
+            read: number(read)?,
+            write: number(write)?,
+        };
+        if ratio.read == 0 && ratio.write == 0 {
+            return Err("ratio 0:0 sends nothing".into());
+        }
+        Ok(ratio)
+    }
+}
+
+/// Size of SET values: fixed when `min == max`, otherwise uniform in `min..=max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ValueSize {
+    pub min: usize,
+    pub max: usize,
+}
+
+/// Largest value the tool sends (Redis's default `proto-max-bulk-len`).
+pub const MAX_VALUE_SIZE: usize = 512 * 1024 * 1024;
+
+impl ValueSize {
+    pub fn parse(text: &str) -> Result<ValueSize, String> {
+        let number = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("value size {text:?}: {s:?} is not a byte count"))
+        };
+        let size = match text.split_once('-') {
+            Some((min, max)) => ValueSize {
+                min: number(min)?,
+                max: number(max)?,
+            },
+            None => {
+                let n = number(text)?;
+                ValueSize { min: n, max: n }
+            }
+        };
+        if size.min > size.max {
+            return Err(format!("value size range {text:?} is empty"));
+        }
+        if size.max > MAX_VALUE_SIZE {
+            return Err(format!("value size {} exceeds {MAX_VALUE_SIZE} bytes", size.max));
+        }
+        Ok(size)
+    }
+}
+
+/// Which key each request uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPattern {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipf-distributed (key 0 the most popular), exponent --zipf-skew.
+    Zipf,
+    /// 0, 1, 2, ... over all connections together, wrapping around.
+    Sequential,
+}
+
+/// How the open loop waits until a request is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pacing {
+    Timer,
+    Spin,
+    Sleep,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a bare number of seconds (`1.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("duration {text:?} is not a number with a unit (us, ms, s, m, h)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" => value / 1e6,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("duration {text:?}: unknown unit {unit:?} (us, ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("duration {text:?} must be a finite, non-negative time"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Which requests to send: operations, keys and values.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Workload {
+    pub ratio: Ratio,
+    pub keys: u64,
+    pub key_pattern: KeyPattern,
+    pub zipf_skew: f64,
+    pub key_prefix: String,
+    pub value_size: ValueSize,
+    pub seed: u64,
+}
+
+/// When a round stops sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Measured time, after the warm-up.
+    Duration(Duration),
+    /// Measured requests over all connections, after the warm-up.
+    Requests(u64),
+}
+
+/// How the requests are sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadConfig {
+    pub connections: u32,
+    pub threads: u32,
+    pub pipeline: u32,
+    pub stop: Stop,
+    pub warmup: Duration,
+    /// How long the readers wait for outstanding replies once sending stopped.
+    pub drain_timeout: Duration,
+    /// Open loop at this many requests per second in total; closed loop when `None`.
+    pub rate: Option<f64>,
+    pub pacing: Pacing,
+    /// Publish live counters for the progress line.
+    pub progress: bool,
+}
+
+impl LoadConfig {
+    pub fn is_open_loop(&self) -> bool {
+        self.rate.is_some()
+    }
+}
+
+/// Everything a benchmark run needs, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub target: Target,
+    pub target_name: String,
+    pub compare: Option<(Target, String)>,
+    pub rounds: u32,
+    pub workload: Workload,
+    pub load: LoadConfig,
+    pub prefill: bool,
+    pub json: Option<String>,
+    pub plot: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Checks the combination of arguments; `stderr_is_terminal` decides the progress default.
+    pub fn settings(&self, stderr_is_terminal: bool) -> Result<Settings, String> {
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        if self.pipeline == 0 || self.connections == 0 || self.threads == 0 {
+            return Err("--pipeline, --connections and --threads must be at least 1".into());
+        }
+        if self.key_pattern == KeyPattern::Zipf && !(self.zipf_skew.is_finite() && self.zipf_skew >= 0.0) {
+            return Err("--zipf-skew must be a finite number ≥ 0".into());
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err("--rate must be a positive number of requests per second".into());
+            }
+        }
+        let stop = match (self.requests, self.duration) {
+            (Some(0), _) => return Err("--requests must be at least 1".into()),
+            (Some(n), _) => Stop::Requests(n),
+            (None, Some(d)) if d.is_zero() => return Err("--duration must be longer than 0".into()),
+            (None, Some(d)) => Stop::Duration(d),
+            (None, None) => Stop::Duration(Duration::from_secs(10)),
+        };
+        let rounds = self.rounds.unwrap_or(if self.compare.is_some() { 3 } else { 1 });
+        if rounds == 0 {
+            return Err("--rounds must be at least 1".into());
+        }
+        let progress = !self.no_progress && (self.progress || stderr_is_terminal);
+        Ok(Settings {
+            target_name: self.target_name.clone().unwrap_or_else(|| self.target.to_string()),
+            target: self.target.clone(),
+            compare: self.compare.clone().map(|b| {
+                let name = self.compare_name.clone().unwrap_or_else(|| b.to_string());
+                (b, name)
+            }),
+            rounds,
+            workload: Workload {
+                ratio: self.ratio,
+                keys: self.keys,
+                key_pattern: self.key_pattern,
+                zipf_skew: self.zipf_skew,
+                key_prefix: self.key_prefix.clone(),
+                value_size: self.value_size,
+                seed: self.seed,
+            },
+            load: LoadConfig {
+                connections: self.connections,
+                threads: self.threads.min(self.connections),
+                pipeline: self.pipeline,
+                stop,
+                warmup: self.warmup,
+                drain_timeout: self.drain_timeout,
+                rate: self.rate,
+                pacing: self.pacing,
+                progress,
+            },
+            prefill: self.prefill,
+            json: self.json.clone(),
+            plot: self.plot.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios() {
+        assert_eq!(Ratio::parse("9:1"), Ok(Ratio { read: 9, write: 1 }));
+        assert_eq!(Ratio::parse("0:1"), Ok(Ratio { read: 0, write: 1 }));
+        assert!(Ratio::parse("0:0").is_err());
+        assert!(Ratio::parse("9").is_err());
+        assert!(Ratio::parse("a:1").is_err());
+    }
+
+    #[test]
+    fn value_sizes() {
+        assert_eq!(ValueSize::parse("100"), Ok(ValueSize { min: 100, max: 100 }));
+        assert_eq!(ValueSize::parse("32-1024"), Ok(ValueSize { min: 32, max: 1024 }));
+        assert!(ValueSize::parse("10-5").is_err());
+        assert!(ValueSize::parse("x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -92,6 +92,20 @@ pub struct Cli {
     /// (everything after that point in that shard's log is dropped).
     #[arg(long)]
     pub repair: bool,
+    /// Serve the native protocol over RDMA too: off, soft (the software provider, over TCP; for
+    /// tests and machines without RDMA), verbs (libibverbs; needs a build with `rdma-verbs`) [default: off].
+    #[arg(long, value_name = "PROVIDER")]
+    pub rdma: Option<String>,
+    /// The RDMA device to use with verbs (as `ibv_devices` lists it) [default: the first device].
+    #[arg(long, value_name = "NAME")]
+    pub rdma_device: Option<String>,
+    /// First RDMA handshake port: shard i listens on rdma-port + i; 0 gives every shard a free port
+    /// [default: 7680, or 0 when --port is 0].
+    #[arg(long, value_name = "PORT")]
+    pub rdma_port: Option<u16>,
+    /// The registered memory region of each shard, carved into data buffers [default: 64mb].
+    #[arg(long, value_name = "SIZE")]
+    pub rdma_pool: Option<String>,
 }
 
 /// The same settings as a TOML file; keys are spelled like the flags (`maxmemory-policy = "allkeys-lru"`).
@@ -114,6 +128,10 @@ pub struct FileConfig {
     pub segment_size: Option<toml::Value>,
     pub rewrite_min_size: Option<toml::Value>,
     pub rewrite_percentage: Option<u64>,
+    pub rdma: Option<String>,
+    pub rdma_device: Option<String>,
+    pub rdma_port: Option<u16>,
+    pub rdma_pool: Option<toml::Value>,
 }
 
 /// The resolved settings the node runs with.
@@ -133,6 +151,39 @@ pub struct Config {
     /// How long a connection polls its socket before sleeping (zero: it does not).
     pub busy_poll: std::time::Duration,
     pub persistence: PersistConfig,
+    pub rdma: RdmaConfig,
+}
+
+/// Which RDMA provider serves the native protocol (`--rdma`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RdmaProvider {
+    /// No RDMA listeners.
+    Off,
+    /// The software provider: RC semantics over TCP links, no hardware, no locked memory.
+    Soft,
+    /// libibverbs (hardware, or rxe/siw).
+    Verbs,
+}
+
+impl RdmaProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            RdmaProvider::Off => "off",
+            RdmaProvider::Soft => "soft",
+            RdmaProvider::Verbs => "verbs",
+        }
+    }
+}
+
+/// The RDMA settings.
+#[derive(Clone, Debug)]
+pub struct RdmaConfig {
+    pub provider: RdmaProvider,
+    pub device: Option<String>,
+    /// First handshake port (shard i on `port + i`); 0 = a free port per shard.
+    pub port: u16,
+    /// Each shard's registered pool.
+    pub pool_bytes: u64,
 }
 
 /// When a write is acknowledged, relative to its log record reaching the disk.
@@ -172,6 +223,12 @@ pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
 
 pub const DEFAULT_PORT: u16 = 7379;
 pub const DEFAULT_NATIVE_PORT: u16 = 7380;
+pub const DEFAULT_RDMA_PORT: u16 = 7680;
+pub const DEFAULT_RDMA_POOL: u64 = 64 << 20;
+/// The smallest pool: a few 1 MiB values in flight.
+pub const MIN_RDMA_POOL: u64 = 4 << 20;
+/// The largest pool (request and response lengths are 32-bit on the wire).
+pub const MAX_RDMA_POOL: u64 = 4 << 30;
 pub const MAX_SHARDS: usize = 1024;
 pub const MAX_DATABASES: usize = 1 << 16;
 
@@ -183,6 +240,18 @@ impl Config {
             None => FileConfig::default(),
         };
         let persistence = resolve_persistence(&cli_persist(&cli), &file)?;
+        let rdma_flags = (
+            cli.rdma.clone(),
+            cli.rdma_device.clone(),
+            cli.rdma_port,
+            cli.rdma_pool.clone(),
+        );
+        let rdma_file = RdmaFile {
+            rdma: file.rdma.clone(),
+            rdma_device: file.rdma_device.clone(),
+            rdma_port: file.rdma_port,
+            rdma_pool: file.rdma_pool.clone(),
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let maxmemory_bytes = match (cli.maxmemory, file.maxmemory) {
             (Some(text), _) => parse_size(&text).map_err(|reason| ConfigError::Invalid {
@@ -252,6 +321,7 @@ impl Config {
                 reason: "native-port + shards - 1 must be a valid port (at most 65535)",
             });
         }
+        let rdma = resolve_rdma(rdma_flags, &rdma_file, port, shards)?;
         let busy_poll = match cli.busy_poll.as_ref().or(file.busy_poll.as_ref()) {
             None => std::time::Duration::ZERO,
             Some(text) => parse_busy_poll(text).map_err(|reason| ConfigError::Invalid {
@@ -262,6 +332,7 @@ impl Config {
         };
         Ok(Config {
             persistence,
+            rdma,
             native_port,
             bind: cli.bind.or(file.bind).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port,
@@ -278,6 +349,58 @@ impl Config {
             busy_poll,
         })
     }
+}
+
+type RdmaFlags = (Option<String>, Option<String>, Option<u16>, Option<String>);
+
+/// The RDMA keys of the file (taken before `file` is consumed).
+struct RdmaFile {
+    rdma: Option<String>,
+    rdma_device: Option<String>,
+    rdma_port: Option<u16>,
+    rdma_pool: Option<toml::Value>,
+}
+
+fn resolve_rdma(flags: RdmaFlags, file: &RdmaFile, port: u16, shards: usize) -> Result<RdmaConfig, ConfigError> {
+    let (provider, device, rdma_port, pool) = flags;
+    let provider = match provider.or_else(|| file.rdma.clone()) {
+        None => RdmaProvider::Off,
+        Some(text) => match text.to_ascii_lowercase().as_str() {
+            "off" | "none" => RdmaProvider::Off,
+            "soft" => RdmaProvider::Soft,
+            "verbs" => RdmaProvider::Verbs,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "rdma",
+                    value: text,
+                    reason: "expected off, soft or verbs",
+                })
+            }
+        },
+    };
+    let default_port = if port == 0 { 0 } else { DEFAULT_RDMA_PORT };
+    let rdma_port = rdma_port.or(file.rdma_port).unwrap_or(default_port);
+    if rdma_port != 0 && u32::from(rdma_port) + shards as u32 - 1 > u32::from(u16::MAX) {
+        return Err(ConfigError::Invalid {
+            setting: "rdma-port",
+            value: rdma_port.to_string(),
+            reason: "rdma-port + shards - 1 must be a valid port (at most 65535)",
+        });
+    }
+    let pool_bytes = size_setting("rdma-pool", &pool, &file.rdma_pool, DEFAULT_RDMA_POOL)?;
+    if !(MIN_RDMA_POOL..=MAX_RDMA_POOL).contains(&pool_bytes) {
+        return Err(ConfigError::Invalid {
+            setting: "rdma-pool",
+            value: pool_bytes.to_string(),
+            reason: "must be between 4mb and 4gb",
+        });
+    }
+    Ok(RdmaConfig {
+        provider,
+        device: device.or_else(|| file.rdma_device.clone()),
+        port: rdma_port,
+        pool_bytes,
+    })
 }
 
 /// The persistence flags given on the command line (taken before `cli` is consumed).
@@ -533,6 +656,70 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("invalid shards '0'"), "{err}");
+    }
+
+    #[test]
+    fn rdma_settings_resolve_from_flags_and_file() {
+        let config = Config::resolve(Cli::default()).unwrap();
+        assert_eq!(config.rdma.provider, RdmaProvider::Off);
+        assert_eq!(config.rdma.port, DEFAULT_RDMA_PORT);
+        assert_eq!(config.rdma.pool_bytes, DEFAULT_RDMA_POOL);
+        let config = Config::resolve(Cli {
+            port: Some(0),
+            rdma: Some("soft".into()),
+            rdma_pool: Some("16mb".into()),
+            rdma_device: Some("mlx5_0".into()),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(config.rdma.provider, RdmaProvider::Soft);
+        assert_eq!(config.rdma.port, 0, "free ports like the native ones with --port 0");
+        assert_eq!(config.rdma.pool_bytes, 16 << 20);
+        assert_eq!(config.rdma.device.as_deref(), Some("mlx5_0"));
+
+        let dir = std::env::temp_dir().join(format!("corekv-rdma-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "rdma = \"verbs\"\nrdma-port = 9000\nrdma-pool = 8388608\n").unwrap();
+        let config = Config::resolve(Cli {
+            config: Some(path.clone()),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(config.rdma.provider, RdmaProvider::Verbs);
+        assert_eq!((config.rdma.port, config.rdma.pool_bytes), (9000, 8 << 20));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_rdma_settings_are_rejected() {
+        for (cli, prefix) in [
+            (
+                Cli {
+                    rdma: Some("infiniband".into()),
+                    ..Cli::default()
+                },
+                "invalid rdma 'infiniband'",
+            ),
+            (
+                Cli {
+                    rdma_pool: Some("1mb".into()),
+                    ..Cli::default()
+                },
+                "invalid rdma-pool",
+            ),
+            (
+                Cli {
+                    rdma_port: Some(65535),
+                    shards: Some(2),
+                    ..Cli::default()
+                },
+                "invalid rdma-port '65535'",
+            ),
+        ] {
+            let err = Config::resolve(cli).unwrap_err();
+            assert!(err.to_string().starts_with(prefix), "{err}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ const ALL_SECTIONS: &[&str] = &[
     "replication",
     "cpu",
     "native",
+    "rdma",
     "commandstats",
     "keyspace",
 ];
@@ -213,6 +214,35 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
                 let value = format!(
                     "port={port},connections={},requests={},wrong_shard={}",
                     n.connections, n.requests, n.wrong_shard
+                );
+                line(&format!("shard{id}"), &value);
+            }
+        }
+        "rdma" => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let rdma = &node.rdma;
+            line("# Rdma", &"");
+            line("rdma_provider", &rdma.provider.name());
+            line("rdma_device", &node.config.rdma.device.as_deref().unwrap_or("(first)"));
+            line("rdma_ports", &crate::node::native_port_list(&rdma.ports));
+            line("rdma_pool_bytes_per_shard", &node.config.rdma.pool_bytes);
+            let sum = |f: fn(&crate::rdma_serve::RdmaShardStats) -> &std::sync::atomic::AtomicU64| {
+                rdma.stats.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
+            };
+            line("rdma_sessions", &sum(|s| &s.sessions));
+            line("rdma_requests", &sum(|s| &s.requests));
+            line("rdma_wrong_shard", &sum(|s| &s.wrong_shard));
+            for (id, (port, s)) in rdma.ports.iter().zip(&rdma.stats).enumerate() {
+                let value = format!(
+                    "port={port},sessions={},sessions_total={},requests={},wrong_shard={},pulls={},refused={},\
+                     pool_used_bytes={}",
+                    s.sessions.load(Relaxed),
+                    s.sessions_total.load(Relaxed),
+                    s.requests.load(Relaxed),
+                    s.wrong_shard.load(Relaxed),
+                    s.pulls.load(Relaxed),
+                    s.refused.load(Relaxed),
+                    s.pool_used_bytes.load(Relaxed)
                 );
                 line(&format!("shard{id}"), &value);
             }

@@ -12,6 +12,7 @@ mod info;
 mod native;
 mod node;
 mod persist;
+mod rdma_serve;
 mod read_size;
 mod shard;
 mod stats;

@@ -114,139 +114,201 @@ impl NativeConnection {
 
     /// Answers every complete frame in the read buffer; true when the connection must close.
     fn process_input(&mut self) -> bool {
-        loop {
-            match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(frame)) => {
-                    let id = frame.request_id();
-                    let crc = frame.header.flags.contains(Flags::HAS_CRC);
-                    match Request::decode(frame, self.decoder.limits()) {
-                        Ok(request) => self.execute(id, crc, &request),
-                        Err(error) => Response::encode_error(&error, id, crc, &mut self.out),
+        let transport = Transport {
+            ports: &self.shard.node.native_ports,
+            local_ip: self.info.borrow().local_addr.ip(),
+        };
+        let mut answered = Answered::default();
+        let close = answer_frames(
+            &self.shard,
+            &mut self.decoder,
+            &mut self.rbuf,
+            &mut self.out,
+            &transport,
+            &mut answered,
+        );
+        update_stats(&self.shard, |s| {
+            s.requests += answered.requests;
+            s.wrong_shard += answered.wrong_shard;
+        });
+        close
+    }
+}
+
+/// The transport a frame arrived by, for TOPOLOGY: every shard's port of that transport (native
+/// or RDMA), and the local address the connection reached (the host to name with a wildcard bind).
+pub struct Transport<'a> {
+    pub ports: &'a [u16],
+    pub local_ip: IpAddr,
+}
+
+/// What [`answer_frames`] did, for the transport's counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Answered {
+    /// Requests answered, errors included.
+    pub requests: u64,
+    /// Requests refused because another shard owns their key.
+    pub wrong_shard: u64,
+}
+
+/// Answers every complete frame in `input` into `out`, on this shard: the execution shared by
+/// every transport of the native protocol (TCP here, RDMA in `rdma_serve`). Returns true when the
+/// input cannot be framed any more (an error frame saying why is in `out`: close the stream).
+pub fn answer_frames(
+    shard: &Shard,
+    decoder: &mut FrameDecoder,
+    input: &mut BytesMut,
+    out: &mut BytesMut,
+    transport: &Transport<'_>,
+    answered: &mut Answered,
+) -> bool {
+    loop {
+        match decoder.decode(input) {
+            Ok(Some(frame)) => {
+                let id = frame.request_id();
+                let crc = frame.header.flags.contains(Flags::HAS_CRC);
+                match Request::decode(frame, decoder.limits()) {
+                    Ok(request) => {
+                        if execute(shard, id, crc, &request, out, transport) {
+                            answered.wrong_shard += 1;
+                        }
                     }
-                    update_stats(&self.shard, |s| s.requests += 1);
+                    Err(error) => Response::encode_error(&error, id, crc, out),
                 }
-                Ok(None) => return false,
-                Err(error) => {
-                    // The stream cannot be framed any more: say why, then close.
-                    tracing::debug!("closing a native client: {error}");
-                    Response::encode_error(&error, 0, false, &mut self.out);
-                    return true;
-                }
+                answered.requests += 1;
+            }
+            Ok(None) => return false,
+            Err(error) => {
+                // The stream cannot be framed any more: say why, then close.
+                tracing::debug!("closing a native client: {error}");
+                Response::encode_error(&error, 0, false, out);
+                return true;
             }
         }
     }
+}
 
-    fn execute(&mut self, id: u64, crc: bool, request: &Request) {
-        let shard = &*self.shard;
-        if let Some(owner) = misrouted(shard, request) {
-            update_stats(shard, |s| s.wrong_shard += 1);
-            let message = format!("key belongs to shard {owner}, not shard {}", shard.id);
-            write_error(&mut self.out, id, crc, ErrorCode::WRONG_SHARD, &message);
-            return;
+/// Runs one decoded request on `shard` and appends its response frame to `out`. Returns true
+/// when the request was refused with WRONG_SHARD (nothing done).
+pub fn execute(
+    shard: &Shard,
+    id: u64,
+    crc: bool,
+    request: &Request,
+    out: &mut BytesMut,
+    transport: &Transport<'_>,
+) -> bool {
+    if let Some(owner) = misrouted(shard, request) {
+        let message = format!("key belongs to shard {owner}, not shard {}", shard.id);
+        write_error(out, id, crc, ErrorCode::WRONG_SHARD, &message);
+        return true;
+    }
+    if is_write(request) {
+        if let Some(refusal) = shard.log_refusal() {
+            write_error(out, id, crc, ErrorCode::WRITES_REFUSED, &refusal);
+            return false;
         }
-        if is_write(request) {
-            if let Some(refusal) = shard.log_refusal() {
-                write_error(&mut self.out, id, crc, ErrorCode::WRITES_REFUSED, &refusal);
-                return;
+    }
+    execute_owned(shard, id, crc, request, out, transport);
+    false
+}
+
+/// Runs a request whose keys this shard owns.
+fn execute_owned(shard: &Shard, id: u64, crc: bool, request: &Request, out: &mut BytesMut, transport: &Transport<'_>) {
+    let now = now_ms();
+    let mut keyspace = shard.keyspace.borrow_mut();
+    let ks: &mut Keyspace = &mut keyspace;
+    let reply = |response: Response, out: &mut BytesMut| response.encode(id, crc, out);
+    match request {
+        Request::Ping => reply(Response::Ok, out),
+        Request::Topology => {
+            drop(keyspace);
+            reply(Response::Topology(topology(shard, transport)), out);
+        }
+        Request::Get { key } => match ks.get(DB, key, now) {
+            Some(value) => write_value(out, id, crc, value),
+            None => reply(Response::NotFound, out),
+        },
+        Request::Set {
+            key,
+            value,
+            ttl_ms,
+            condition,
+        } => {
+            let allowed = match condition {
+                SetCondition::Always => true,
+                SetCondition::IfAbsent => !ks.contains(DB, key, now),
+                SetCondition::IfPresent => ks.contains(DB, key, now),
+            };
+            if !allowed {
+                return reply(Response::NotFound, out);
+            }
+            match ks.set(DB, key, value, expiry(*ttl_ms, now), now) {
+                Ok(()) => reply(Response::Ok, out),
+                Err(e) => engine_error(out, id, crc, &e),
             }
         }
-        let out = &mut self.out;
-        let now = now_ms();
-        let mut keyspace = shard.keyspace.borrow_mut();
-        let ks: &mut Keyspace = &mut keyspace;
-        let reply = |response: Response, out: &mut BytesMut| response.encode(id, crc, out);
-        match request {
-            Request::Ping => reply(Response::Ok, out),
-            Request::Topology => {
-                drop(keyspace);
-                let local_ip = self.info.borrow().local_addr.ip();
-                reply(Response::Topology(topology(shard, local_ip)), out);
+        Request::Del { key } => reply(Response::Integer(ks.remove(DB, key, now).into()), out),
+        Request::Exists { key } => reply(Response::Integer(ks.contains(DB, key, now).into()), out),
+        Request::MGet(keys) => {
+            let mut values = BatchEncoder::begin(out, Opcode::Value, id, crc);
+            for entry in keys {
+                values.value(ks.get(DB, &entry.key, now));
             }
-            Request::Get { key } => match ks.get(DB, key, now) {
-                Some(value) => write_value(out, id, crc, value),
-                None => reply(Response::NotFound, out),
-            },
-            Request::Set {
-                key,
-                value,
-                ttl_ms,
-                condition,
-            } => {
-                let allowed = match condition {
-                    SetCondition::Always => true,
-                    SetCondition::IfAbsent => !ks.contains(DB, key, now),
-                    SetCondition::IfPresent => ks.contains(DB, key, now),
-                };
-                if !allowed {
-                    return reply(Response::NotFound, out);
-                }
-                match ks.set(DB, key, value, expiry(*ttl_ms, now), now) {
-                    Ok(()) => reply(Response::Ok, out),
-                    Err(e) => engine_error(out, id, crc, &e),
+            values.finish();
+        }
+        Request::MSet(pairs) => {
+            for entry in pairs {
+                let value = entry.value.as_deref().unwrap_or_default();
+                // A refused pair stops the batch; the pairs before it stay stored.
+                if let Err(e) = ks.set(DB, &entry.key, value, Expiry::Persist, now) {
+                    return engine_error(out, id, crc, &e);
                 }
             }
-            Request::Del { key } => reply(Response::Integer(ks.remove(DB, key, now).into()), out),
-            Request::Exists { key } => reply(Response::Integer(ks.contains(DB, key, now).into()), out),
-            Request::MGet(keys) => {
-                let mut values = BatchEncoder::begin(out, Opcode::Value, id, crc);
-                for entry in keys {
-                    values.value(ks.get(DB, &entry.key, now));
-                }
-                values.finish();
+            reply(Response::Ok, out)
+        }
+        Request::Cas {
+            key,
+            expected,
+            value,
+            ttl_ms,
+        } => {
+            if ks.peek(DB, key, now) != Some(&expected[..]) {
+                return reply(Response::Integer(0), out);
             }
-            Request::MSet(pairs) => {
-                for entry in pairs {
-                    let value = entry.value.as_deref().unwrap_or_default();
-                    // A refused pair stops the batch; the pairs before it stay stored.
-                    if let Err(e) = ks.set(DB, &entry.key, value, Expiry::Persist, now) {
-                        return engine_error(out, id, crc, &e);
-                    }
-                }
-                reply(Response::Ok, out)
+            match ks.set(DB, key, value, expiry(*ttl_ms, now), now) {
+                Ok(()) => reply(Response::Integer(1), out),
+                Err(e) => engine_error(out, id, crc, &e),
             }
-            Request::Cas {
-                key,
-                expected,
-                value,
-                ttl_ms,
-            } => {
-                if ks.peek(DB, key, now) != Some(&expected[..]) {
-                    return reply(Response::Integer(0), out);
-                }
-                match ks.set(DB, key, value, expiry(*ttl_ms, now), now) {
-                    Ok(()) => reply(Response::Integer(1), out),
-                    Err(e) => engine_error(out, id, crc, &e),
-                }
-            }
-            Request::Incr { key, delta } => match add_to_integer(ks, DB, key, *delta, now) {
-                Ok(value) => reply(Response::Integer(value), out),
-                Err(IncrError::NotInteger) => write_error(
-                    out,
-                    id,
-                    crc,
-                    ErrorCode::NOT_AN_INTEGER,
-                    "value is not an integer or out of range",
-                ),
-                Err(IncrError::Overflow) => write_error(
-                    out,
-                    id,
-                    crc,
-                    ErrorCode::OVERFLOW,
-                    "increment or decrement would overflow",
-                ),
-                Err(IncrError::Engine(e)) => engine_error(out, id, crc, &e),
-            },
-            Request::Expire { key, ttl_ms } => {
-                let at = (*ttl_ms != 0).then(|| now.saturating_add(*ttl_ms));
-                reply(Response::Integer(ks.set_expiry(DB, key, at, now).into()), out)
-            }
-            Request::Ttl { key } => {
-                let ttl = match ks.info(DB, key, now) {
-                    None => -2,
-                    Some(info) => info.expire_at_ms.map_or(-1, |at| at.saturating_sub(now) as i64),
-                };
-                reply(Response::Integer(ttl), out)
-            }
+        }
+        Request::Incr { key, delta } => match add_to_integer(ks, DB, key, *delta, now) {
+            Ok(value) => reply(Response::Integer(value), out),
+            Err(IncrError::NotInteger) => write_error(
+                out,
+                id,
+                crc,
+                ErrorCode::NOT_AN_INTEGER,
+                "value is not an integer or out of range",
+            ),
+            Err(IncrError::Overflow) => write_error(
+                out,
+                id,
+                crc,
+                ErrorCode::OVERFLOW,
+                "increment or decrement would overflow",
+            ),
+            Err(IncrError::Engine(e)) => engine_error(out, id, crc, &e),
+        },
+        Request::Expire { key, ttl_ms } => {
+            let at = (*ttl_ms != 0).then(|| now.saturating_add(*ttl_ms));
+            reply(Response::Integer(ks.set_expiry(DB, key, at, now).into()), out)
+        }
+        Request::Ttl { key } => {
+            let ttl = match ks.info(DB, key, now) {
+                None => -2,
+                Some(info) => info.expire_at_ms.map_or(-1, |at| at.saturating_sub(now) as i64),
+            };
+            reply(Response::Integer(ttl), out)
         }
     }
 }
@@ -296,14 +358,17 @@ fn is_write(request: &Request) -> bool {
     )
 }
 
-/// Every shard's native endpoint. With a wildcard bind address the host is the address this
+/// Every shard's endpoint on the request's transport. With a wildcard bind address the host is the address this
 /// connection reached, which the client can reach too.
-fn topology(shard: &Shard, local_ip: IpAddr) -> Topology {
+fn topology(shard: &Shard, transport: &Transport<'_>) -> Topology {
     let bind = shard.node.config.bind;
-    let host = if bind.is_unspecified() { local_ip } else { bind };
-    let endpoints: Vec<String> = shard
-        .node
-        .native_ports
+    let host = if bind.is_unspecified() {
+        transport.local_ip
+    } else {
+        bind
+    };
+    let endpoints: Vec<String> = transport
+        .ports
         .iter()
         .map(|&port| SocketAddr::new(host, port).to_string())
         .collect();

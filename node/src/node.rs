@@ -53,6 +53,8 @@ pub enum StartError {
     Recovery(String),
     #[error("shard {shard}: cannot open its log in {dir}: {message}")]
     Log { shard: usize, dir: String, message: String },
+    #[error("rdma: {0}")]
+    Rdma(String),
 }
 
 /// Settings CONFIG SET can change while the node runs.
@@ -71,6 +73,8 @@ pub struct NodeShared {
     pub port: u16,
     /// Each shard's native-protocol port, shard 0 first.
     pub native_ports: Vec<u16>,
+    /// RDMA: the provider, each shard's handshake port and counters.
+    pub rdma: crate::rdma_serve::RdmaShared,
     settings: Mutex<Settings>,
     pub max_clients: AtomicUsize,
     pub connected_clients: AtomicUsize,
@@ -137,7 +141,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let _lock = crate::persist::lock::DataDirLock::acquire(&config.data_dir)?;
     crate::persist::layout::prepare(&config).map_err(StartError::Layout)?;
     let (listeners, port) = bind_listeners(&config)?;
-    let (native_listeners, native_ports) = bind_native_listeners(&config)?;
+    let (native_listeners, native_ports) = bind_native_listeners(&config, config.native_port)?;
+    crate::rdma_serve::check_start(&config)?;
+    let (rdma_listeners, rdma_ports) = match config.rdma.provider {
+        crate::config::RdmaProvider::Off => (Vec::new(), Vec::new()),
+        _ => bind_native_listeners(&config, config.rdma.port)?,
+    };
     warn_if_memlock_low(config.shards);
 
     // Shard threads inherit this mask, so SIGINT/SIGTERM reach only the main thread's sigwait.
@@ -155,6 +164,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let node = Arc::new(NodeShared {
         port,
         native_ports: native_ports.clone(),
+        rdma: crate::rdma_serve::RdmaShared::new(config.rdma.provider, rdma_ports.clone()),
         max_clients: AtomicUsize::new(config.max_clients),
         settings: Mutex::new(settings),
         connected_clients: AtomicUsize::new(0),
@@ -167,6 +177,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         listener_fds: listeners
             .iter()
             .chain(&native_listeners)
+            .chain(&rdma_listeners)
             .map(|l| l.as_raw_fd())
             .collect(),
         log_refusals: Mutex::new(vec![None; config.shards]),
@@ -180,6 +191,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let reply_mesh = MeshBuilder::<ReplyBatch, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, StartError>>();
     let mut handles = Vec::with_capacity(config.shards);
+    let mut rdma_listeners = rdma_listeners.into_iter();
     for (id, (listener, native_listener)) in listeners.into_iter().zip(native_listeners).enumerate() {
         let placement = if pin { Placement::Fixed(id) } else { Placement::Unbound };
         let node = node.clone();
@@ -189,6 +201,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let listener_fds = ListenerFds {
             resp: listener.into_raw_fd(),
             native: native_listener.into_raw_fd(),
+            rdma: rdma_listeners.next().map(IntoRawFd::into_raw_fd),
         };
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
@@ -216,8 +229,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
+    let rdma = match config.rdma.provider {
+        crate::config::RdmaProvider::Off => String::new(),
+        provider => format!(" (rdma: {}, ports {})", provider.name(), native_port_list(&rdma_ports)),
+    };
     println!(
-        "corekv-node {} ready: listening on {}:{} (native protocol: ports {}), {} shards, data dir {}",
+        "corekv-node {} ready: listening on {}:{} (native protocol: ports {}){rdma}, {} shards, data dir {}",
         env!("CARGO_PKG_VERSION"),
         config.bind,
         port,
@@ -320,14 +337,15 @@ fn bind_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, u16), StartE
     Err(last_error.unwrap_or_else(|| listen_error(std::io::ErrorKind::AddrInUse.into())))
 }
 
-/// Binds shard i's native-protocol listener on `native_port + i` (or a free port each with 0).
+/// Binds shard i's native-protocol listener on `first_port + i` (or a free port each with 0); the
+/// RDMA handshake listeners are bound the same way from `--rdma-port`.
 /// A plain bind: the port is this shard's alone, and a port in use fails the start.
-fn bind_native_listeners(config: &Config) -> Result<(Vec<socket2::Socket>, Vec<u16>), StartError> {
+fn bind_native_listeners(config: &Config, first_port: u16) -> Result<(Vec<socket2::Socket>, Vec<u16>), StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut sockets = Vec::with_capacity(config.shards);
     let mut ports = Vec::with_capacity(config.shards);
     for shard in 0..config.shards {
-        let port = match config.native_port {
+        let port = match first_port {
             0 => 0,
             first => first + shard as u16,
         };
@@ -521,6 +539,16 @@ async fn shard_main(
             glommio::net::TcpListener::from_raw_fd(listener_fds.native),
         )
     };
+    let rdma = match listener_fds.rdma {
+        None => None,
+        Some(fd) => match crate::rdma_serve::ShardRdma::new(&shard) {
+            Ok(rdma) => Some(glommio::spawn_local(rdma.accept_loop(fd))),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        },
+    };
     let _ = ready.send(Ok(id));
     let native_shard = shard.clone();
     let native_accepts = glommio::spawn_local(async move {
@@ -528,6 +556,9 @@ async fn shard_main(
     });
     accept_loop(listener, &shard, crate::conn::serve).await;
     native_accepts.await;
+    if let Some(rdma_accepts) = rdma {
+        rdma_accepts.await;
+    }
     // Graceful stop: idle connections see end-of-file now; busy ones finish their batch first.
     // Every shard keeps serving its peers until all connections of the node are gone, so a
     // request in flight on another shard can still reach this one.
@@ -546,6 +577,8 @@ async fn shard_main(
 struct ListenerFds {
     resp: RawFd,
     native: RawFd,
+    /// The RDMA handshake listener, with `--rdma` on.
+    rdma: Option<RawFd>,
 }
 
 /// Accepts connections and serves each in its own task until the node stops.

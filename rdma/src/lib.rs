@@ -23,7 +23,10 @@
 //!   receive buffers and credits, a bounded wait queue that pushes back on its caller, selective
 //!   signalling, and separate send-queue and completion-queue accounting;
 //! - [`pool`]: the data path, values moved by one-sided Read and Write between buddy-carved
-//!   registered pools, on a queue pair of its own.
+//!   registered pools, on a queue pair of its own;
+//! - [`rpc`]: the native protocol over RDMA: the session set-up (control and tagged data
+//!   connections) and the REQUEST / RESPONSE / RELEASE control messages a client and a shard
+//!   exchange.
 //!
 //! Nothing here owns a thread or a runtime except the soft provider's link threads: callers drive
 //! channels with non-blocking calls (`try_send`, `try_recv`, `progress`) and park on the
@@ -37,6 +40,7 @@ pub mod credit;
 pub mod handshake;
 pub mod pool;
 pub mod provider;
+pub mod rpc;
 pub mod session;
 pub mod soft;
 #[cfg(feature = "verbs")]

@@ -70,6 +70,24 @@ pub fn accept(
     Ok((theirs, credits))
 }
 
+/// The acceptor's side without I/O, for callers that read and write the stream themselves (an
+/// async runtime): takes the initiator's [`Handshake::LEN`] bytes, applies the same rules as
+/// [`accept`] and returns the initiator's handshake, the negotiated credits and the answer to
+/// send. The epoch is recorded before the answer is sent: a caller that fails to send it has used
+/// the epoch up, so the initiator must retry with a newer one (which it does anyway).
+pub fn accept_bytes(
+    theirs: &[u8],
+    ours: &Handshake,
+    epochs: &mut PeerEpochs,
+) -> Result<(Handshake, u32, [u8; Handshake::LEN]), SessionError> {
+    let theirs = Handshake::decode(theirs)?;
+    epochs.check(&theirs)?;
+    let credits = negotiate_credits(theirs.credits, ours.credits)?;
+    let answer = Handshake { credits, ..*ours };
+    epochs.accept(&theirs)?;
+    Ok((theirs, credits, answer.encode()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +110,24 @@ mod tests {
             pool: RegionDesc::default(),
             credits,
         }
+    }
+
+    #[test]
+    fn accept_bytes_applies_the_same_rules_without_io() {
+        let mut epochs = PeerEpochs::new();
+        let ours = hello(1, 0, 16);
+        let (theirs, credits, answer) = accept_bytes(&hello(2, 5, 64).encode(), &ours, &mut epochs).unwrap();
+        assert_eq!((theirs.node_id, theirs.epoch, credits), (2, 5, 16));
+        assert_eq!(Handshake::decode(&answer).unwrap(), Handshake { credits: 16, ..ours });
+        assert!(matches!(
+            accept_bytes(&hello(2, 5, 8).encode(), &ours, &mut epochs),
+            Err(SessionError::Epoch(EpochError::Duplicate(5)))
+        ));
+        assert!(matches!(
+            accept_bytes(&hello(2, 6, 8).encode()[..50], &ours, &mut epochs),
+            Err(SessionError::Handshake(_))
+        ));
+        assert_eq!(accept_bytes(&hello(2, 6, 8).encode(), &ours, &mut epochs).unwrap().1, 8);
     }
 
     #[test]

@@ -9,10 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use corekv_net::client::{blocking, ClientConfig, ClientError, Pipeline, Reply, SetCondition, SetOptions, Ttl};
 use corekv_net::routing::key_shard;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-use crate::support::{corekv_only, free_port, Node, TestDir};
+use crate::support::{corekv_only, free_port, Node, Stopped, TestDir};
 
 /// The operations of both clients behind one interface, so one scenario checks both.
 trait Ops {
@@ -379,23 +378,6 @@ fn responses_from_different_shards_complete_out_of_order_and_reach_their_request
         seen.sort_unstable();
         assert_eq!(seen, (1..=2_000).collect::<Vec<i64>>());
     });
-}
-
-/// Resumes a stopped node even if the test fails while it is stopped.
-struct Stopped(Pid);
-
-impl Stopped {
-    fn stop(node: &Node) -> Stopped {
-        let pid = Pid::from_raw(node.pid() as i32);
-        kill(pid, Signal::SIGSTOP).unwrap();
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = kill(self.0, Signal::SIGCONT);
-    }
 }
 
 #[test]

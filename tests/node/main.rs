@@ -16,6 +16,7 @@ mod memory;
 mod native;
 mod persistence;
 mod pipeline;
+mod rdma;
 mod server;
 mod shutdown;
 mod strings;

@@ -9,20 +9,17 @@ fn readiness_line_names_port_and_shards() {
     if corekv_only() {
         return;
     }
-    let node = Node::start(&[]);
-    let line = node.ready_line().to_string();
-    assert!(
-        line.contains(&format!("listening on 127.0.0.1:{}, 2 shards", node.port())),
-        "readiness line: {line:?}"
-    );
+    for (node, shards) in [(Node::start(&[]), 2), (Node::start(&["--shards", "3"]), 3)] {
+        let line = node.ready_line().to_string();
+        let prefix = format!("listening on 127.0.0.1:{} (native protocol: ports ", node.port());
+        assert!(line.contains(&prefix), "readiness line: {line:?}");
+        assert!(
+            line.contains(&format!("), {shards} shards, data dir")),
+            "readiness line: {line:?}"
+        );
+        assert_eq!(node.native_ports().len(), shards, "one native port per shard: {line:?}");
+    }
     let node3 = Node::start(&["--shards", "3"]);
-    assert!(
-        node3
-            .ready_line()
-            .contains(&format!("listening on 127.0.0.1:{}, 3 shards", node3.port())),
-        "{:?}",
-        node3.ready_line()
-    );
     let mut c = node3.client();
     check(&mut c, "SET a 1", ok());
     check(&mut c, "GET a", bulk("1"));

@@ -150,6 +150,19 @@ pub fn parse_native_ports(line: &str) -> Option<Vec<u16>> {
     list.split(',').map(|p| p.parse().ok()).collect()
 }
 
+/// Parses the RDMA ports out of `... (rdma: soft, ports 7680-7681) ...` (or `7680,7691`).
+pub fn parse_rdma_ports(line: &str) -> Option<Vec<u16>> {
+    let at = line.find("(rdma: ")?;
+    let rest = &line[at..];
+    let rest = &rest[rest.find("ports ")? + "ports ".len()..];
+    let list = &rest[..rest.find(')')?];
+    if let Some((first, last)) = list.split_once('-') {
+        let (first, last): (u16, u16) = (first.parse().ok()?, last.parse().ok()?);
+        return Some((first..=last).collect());
+    }
+    list.split(',').map(|p| p.parse().ok()).collect()
+}
+
 impl Node {
     /// Starts `corekv-node --port 0 --bind 127.0.0.1 --no-pin --data-dir <fresh> [--shards 2]
     /// ARGS` and waits for its readiness line. Panics (with its stderr) if it does not get ready.
@@ -435,6 +448,11 @@ impl Node {
     /// Shard 0's native-protocol address: a seed for the client library.
     pub fn native_addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.native_ports()[0]))
+    }
+
+    /// Each shard's RDMA handshake port, shard 0 first (from the readiness line; `--rdma` on).
+    pub fn rdma_ports(&self) -> Vec<u16> {
+        parse_rdma_ports(&self.ready_line).unwrap_or_else(|| panic!("no rdma ports in {:?}", self.ready_line))
     }
 
     pub fn pid(&self) -> u32 {
@@ -1281,4 +1299,35 @@ pub fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// A node stopped with SIGSTOP (every thread stopped when `stop` returns), resumed with SIGCONT
+/// when dropped, even if the test fails while it is stopped.
+pub struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    pub fn stop(node: &Node) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(node.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // The signal is delivered asynchronously: wait until every thread is stopped.
+        let all_stopped = || -> Option<()> {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            for task in tasks {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+                if state != "T" && state != "t" {
+                    return None;
+                }
+            }
+            Some(())
+        };
+        wait_for(Duration::from_secs(10), all_stopped).expect("the node's threads stop");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
 }

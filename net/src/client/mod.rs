@@ -10,6 +10,8 @@
 //! - [`blocking::Client`]: std sockets, methods take `&mut self`; pipelining with [`Pipeline`].
 //! - `tokio::Client` (cargo feature `tokio`): cloneable, `Send + Sync`, methods take `&self`;
 //!   concurrent calls pipeline over each shard's connection.
+//! - `rdma::Client` (cargo feature `rdma`): the blocking client over RDMA sessions
+//!   (`rdma://host:port` seeds), the same frames moved through registered memory.
 //! - The sans-IO parts both are built on: [`Connection`] (request ids, encoding, matching
 //!   responses by id, out of order) and [`Router`] (topology, key → shard, splitting batches).
 //!
@@ -72,6 +74,8 @@ mod config;
 mod connection;
 mod error;
 mod plan;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 mod router;
 #[cfg(test)]
 mod tests;

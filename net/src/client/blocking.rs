@@ -1,7 +1,7 @@
 //! The blocking client: std `TcpStream`s (with `TCP_NODELAY`), one per shard, driven by the
 //! calling thread. See the [module docs](super) for connections, timeouts and retries.
 //!
-//! A call (or a [`Pipeline`]) runs in rounds: route what is left to do into frames, write them
+//! A call (or a [`Pipeline`](super::Pipeline)) runs in rounds: route what is left to do into frames, write them
 //! shard by shard while reading responses whenever a connection has
 //! [`MAX_UNANSWERED_BYTES`](super::MAX_UNANSWERED_BYTES) unanswered (so a write never blocks on a
 //! server that waits for us to read), read every connection until its requests are answered, then
@@ -11,15 +11,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use super::config::{ttl_ms, ClientConfig, Reply, SetOptions, Ttl};
+use super::config::{ClientConfig, Reply};
 use super::connection::Connection;
 use super::error::{retry_policy, ClientError, Retry};
-use super::expect_reply;
 use super::plan::{FrameSpec, Op, Plan};
 use super::router::Router;
-use super::Pipeline;
 use crate::native::{RequestRef, Response, Topology};
 
 /// Bytes read per `read` call.
@@ -364,99 +360,7 @@ impl Client {
         })
     }
 
-    /// Sends every operation of `pipeline` (to whichever shards they go, at most
-    /// [`MAX_UNANSWERED_BYTES`](super::MAX_UNANSWERED_BYTES) unanswered per connection at a time)
-    /// and returns their results in submission order. Each operation is retried on its own.
-    pub fn execute(&mut self, pipeline: &Pipeline) -> Vec<Result<Reply, ClientError>> {
-        self.run(pipeline.ops.clone())
-    }
-
-    pub fn ping(&mut self) -> Result<(), ClientError> {
-        expect_reply!(self.one(Op::<&[u8]>::Ping), Reply::Done => ())
-    }
-
-    /// The value of `key`, a slice of the received frame (no copy).
-    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, ClientError> {
-        expect_reply!(self.one(Op::Get(key.as_ref())), Reply::Value(value) => value)
-    }
-
-    /// Stores `value` (encoded straight from the caller's bytes); false when the condition (NX/XX)
-    /// prevented the store.
-    pub fn set(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-        options: SetOptions,
-    ) -> Result<bool, ClientError> {
-        let op = Op::Set {
-            key: key.as_ref(),
-            value: value.as_ref(),
-            ttl_ms: ttl_ms(options.ttl),
-            condition: options.condition,
-        };
-        expect_reply!(self.one(op), Reply::Bool(stored) => stored)
-    }
-
-    /// Removes `key`; true if it existed.
-    pub fn del(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
-        expect_reply!(self.one(Op::Del(key.as_ref())), Reply::Bool(removed) => removed)
-    }
-
-    /// The values of `keys`, in their order (one MGET frame per shard).
-    pub fn mget<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
-        let keys = keys.iter().map(AsRef::as_ref).collect();
-        expect_reply!(self.one(Op::MGet(keys)), Reply::Values(values) => values)
-    }
-
-    /// Stores every pair (one MSET frame per shard). If an error is returned, the shards whose
-    /// frames succeeded have stored their pairs.
-    pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> Result<(), ClientError> {
-        let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-        expect_reply!(self.one(Op::MSet(pairs)), Reply::Done => ())
-    }
-
-    /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
-    pub fn cas(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        expected: impl AsRef<[u8]>,
-        new: impl AsRef<[u8]>,
-        ttl: Option<Duration>,
-    ) -> Result<bool, ClientError> {
-        let op = Op::Cas {
-            key: key.as_ref(),
-            expected: expected.as_ref(),
-            value: new.as_ref(),
-            ttl_ms: ttl_ms(ttl),
-        };
-        expect_reply!(self.one(op), Reply::Bool(swapped) => swapped)
-    }
-
-    /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
-    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
-        let op = Op::Incr {
-            key: key.as_ref(),
-            delta,
-        };
-        expect_reply!(self.one(op), Reply::Integer(value) => value)
-    }
-
-    /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
-    pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<bool, ClientError> {
-        let op = Op::Expire {
-            key: key.as_ref(),
-            ttl_ms: ttl_ms(ttl),
-        };
-        expect_reply!(self.one(op), Reply::Bool(exists) => exists)
-    }
-
-    pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> Result<Ttl, ClientError> {
-        expect_reply!(self.one(Op::Ttl(key.as_ref())), Reply::Ttl(ttl) => ttl)
-    }
-
-    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
-        expect_reply!(self.one(Op::Exists(key.as_ref())), Reply::Bool(exists) => exists)
-    }
+    super::blocking_operations!();
 }
 
 fn plan_retries<K: AsRef<[u8]>>(plan: &Plan<K>) -> u32 {

@@ -214,3 +214,103 @@ macro_rules! expect_reply {
     };
 }
 pub(crate) use expect_reply;
+
+/// The operations of a client whose requests complete one at a time (`one`) or as a pipeline
+/// (`run`): the blocking client and the RDMA client share them, word for word.
+macro_rules! blocking_operations {
+    () => {
+        /// Sends every operation of `pipeline` (to whichever shards they go) and returns their
+        /// results in submission order. Each operation is retried on its own.
+        pub fn execute(&mut self, pipeline: &$crate::client::Pipeline) -> Vec<::std::result::Result<$crate::client::Reply, $crate::client::ClientError>> {
+            self.run(pipeline.ops.clone())
+        }
+
+        pub fn ping(&mut self) -> ::std::result::Result<(), $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::<&[u8]>::Ping), $crate::client::Reply::Done => ())
+        }
+
+        /// The value of `key`, a slice of the received frame (no copy).
+        pub fn get(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<Option<::bytes::Bytes>, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Get(key.as_ref())), $crate::client::Reply::Value(value) => value)
+        }
+
+        /// Stores `value` (encoded straight from the caller's bytes); false when the condition (NX/XX)
+        /// prevented the store.
+        pub fn set(
+            &mut self,
+            key: impl AsRef<[u8]>,
+            value: impl AsRef<[u8]>,
+            options: $crate::client::SetOptions,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Set {
+                key: key.as_ref(),
+                value: value.as_ref(),
+                ttl_ms: $crate::client::config::ttl_ms(options.ttl),
+                condition: options.condition,
+            };
+            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Bool(stored) => stored)
+        }
+
+        /// Removes `key`; true if it existed.
+        pub fn del(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Del(key.as_ref())), $crate::client::Reply::Bool(removed) => removed)
+        }
+
+        /// The values of `keys`, in their order (one MGET frame per shard).
+        pub fn mget<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> ::std::result::Result<Vec<Option<::bytes::Bytes>>, $crate::client::ClientError> {
+            let keys = keys.iter().map(AsRef::as_ref).collect();
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::MGet(keys)), $crate::client::Reply::Values(values) => values)
+        }
+
+        /// Stores every pair (one MSET frame per shard). If an error is returned, the shards whose
+        /// frames succeeded have stored their pairs.
+        pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> ::std::result::Result<(), $crate::client::ClientError> {
+            let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::MSet(pairs)), $crate::client::Reply::Done => ())
+        }
+
+        /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
+        pub fn cas(
+            &mut self,
+            key: impl AsRef<[u8]>,
+            expected: impl AsRef<[u8]>,
+            new: impl AsRef<[u8]>,
+            ttl: Option<::std::time::Duration>,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Cas {
+                key: key.as_ref(),
+                expected: expected.as_ref(),
+                value: new.as_ref(),
+                ttl_ms: $crate::client::config::ttl_ms(ttl),
+            };
+            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Bool(swapped) => swapped)
+        }
+
+        /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
+        pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> ::std::result::Result<i64, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Incr {
+                key: key.as_ref(),
+                delta,
+            };
+            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Integer(value) => value)
+        }
+
+        /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
+        pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: Option<::std::time::Duration>) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Expire {
+                key: key.as_ref(),
+                ttl_ms: $crate::client::config::ttl_ms(ttl),
+            };
+            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Bool(exists) => exists)
+        }
+
+        pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<$crate::client::Ttl, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Ttl(key.as_ref())), $crate::client::Reply::Ttl(ttl) => ttl)
+        }
+
+        pub fn exists(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Exists(key.as_ref())), $crate::client::Reply::Bool(exists) => exists)
+        }
+    };
+}
+pub(crate) use blocking_operations;

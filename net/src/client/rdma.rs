@@ -30,7 +30,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use corekv_rdma::channel::{ChannelConfig, ChannelError, PAYLOAD_MAX};
 use corekv_rdma::handshake::{Handshake, Mtu, RegionDesc, VERSION};
 use corekv_rdma::pool::{self, BufferPool, PoolBuf, PoolError};
@@ -39,13 +38,11 @@ use corekv_rdma::rpc::{Attach, RpcMsg, SoftEndpoint, Status, TOKEN_LEN};
 use corekv_rdma::session;
 use corekv_rdma::soft::{SoftMr, SoftPd};
 
-use super::config::{ttl_ms, ClientConfig, Reply, SetOptions, Ttl};
+use super::config::{ClientConfig, Reply};
 use super::connection::Connection;
 use super::error::{retry_policy, ClientError, Retry};
-use super::expect_reply;
 use super::plan::{FrameSpec, Op, Plan};
 use super::router::Router;
-use super::Pipeline;
 use crate::native::{RequestRef, Response, Topology};
 
 /// The scheme of an RDMA seed.
@@ -700,95 +697,7 @@ impl Client {
             .unwrap_or_else(|| Err(disconnected("no result (client bug)")))
     }
 
-    /// Sends every operation of `pipeline` and returns their results in submission order.
-    pub fn execute(&mut self, pipeline: &Pipeline) -> Vec<Result<Reply, ClientError>> {
-        self.run(pipeline.ops.clone())
-    }
-
-    pub fn ping(&mut self) -> Result<(), ClientError> {
-        expect_reply!(self.one(Op::<&[u8]>::Ping), Reply::Done => ())
-    }
-
-    /// The value of `key`.
-    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, ClientError> {
-        expect_reply!(self.one(Op::Get(key.as_ref())), Reply::Value(value) => value)
-    }
-
-    /// Stores `value`; false when the condition (NX/XX) prevented the store.
-    pub fn set(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-        options: SetOptions,
-    ) -> Result<bool, ClientError> {
-        let op = Op::Set {
-            key: key.as_ref(),
-            value: value.as_ref(),
-            ttl_ms: ttl_ms(options.ttl),
-            condition: options.condition,
-        };
-        expect_reply!(self.one(op), Reply::Bool(stored) => stored)
-    }
-
-    /// Removes `key`; true if it existed.
-    pub fn del(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
-        expect_reply!(self.one(Op::Del(key.as_ref())), Reply::Bool(removed) => removed)
-    }
-
-    /// The values of `keys`, in their order (one MGET frame per shard).
-    pub fn mget<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
-        let keys = keys.iter().map(AsRef::as_ref).collect();
-        expect_reply!(self.one(Op::MGet(keys)), Reply::Values(values) => values)
-    }
-
-    /// Stores every pair (one MSET frame per shard).
-    pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> Result<(), ClientError> {
-        let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-        expect_reply!(self.one(Op::MSet(pairs)), Reply::Done => ())
-    }
-
-    /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
-    pub fn cas(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        expected: impl AsRef<[u8]>,
-        new: impl AsRef<[u8]>,
-        ttl: Option<Duration>,
-    ) -> Result<bool, ClientError> {
-        let op = Op::Cas {
-            key: key.as_ref(),
-            expected: expected.as_ref(),
-            value: new.as_ref(),
-            ttl_ms: ttl_ms(ttl),
-        };
-        expect_reply!(self.one(op), Reply::Bool(swapped) => swapped)
-    }
-
-    /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
-    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
-        let op = Op::Incr {
-            key: key.as_ref(),
-            delta,
-        };
-        expect_reply!(self.one(op), Reply::Integer(value) => value)
-    }
-
-    /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
-    pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<bool, ClientError> {
-        let op = Op::Expire {
-            key: key.as_ref(),
-            ttl_ms: ttl_ms(ttl),
-        };
-        expect_reply!(self.one(op), Reply::Bool(exists) => exists)
-    }
-
-    pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> Result<Ttl, ClientError> {
-        expect_reply!(self.one(Op::Ttl(key.as_ref())), Reply::Ttl(ttl) => ttl)
-    }
-
-    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
-        expect_reply!(self.one(Op::Exists(key.as_ref())), Reply::Bool(exists) => exists)
-    }
+    super::blocking_operations!();
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ impl<'a> ReplyEncoder<'a> {
     /// RESP3 `,value\r\n` (`inf`, `-inf`, `nan`); RESP2 the same text as a bulk string.
     /// The text is Redis's `%.17g` style: shortest form that round-trips.
     ///
-    /// Precisely, the text is what Redis 7.2+ `d2string` prints (see [`format_double`]): Redis
+    /// Precisely, the text is what Redis 7.2+ `d2string` prints (see `format_double`): Redis
     /// 7.0 still printed `%.17g` (`1.1` → `1.1000000000000001`); 7.2 switched to the shortest
     /// round-trip form, which is what corekv promises.
     pub fn double(&mut self, value: f64) {

@@ -19,22 +19,9 @@ cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
 seconds=${2:-5}
-bin=${CARGO_TARGET_DIR:-target}/release
 command -v sockperf >/dev/null || { echo "needs sockperf (apt-get install sockperf)" >&2; exit 2; }
-[ -x "$bin/corekv-node" ] && [ -x "$bin/corekv-bench" ] || {
-  echo "needs release builds: cargo build --release -p corekv-node -p corekv-benches" >&2
-  exit 2
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/script-common.sh
+source benches/script-common.sh
 
 sp_port=$(free_port)
 sockperf server --tcp -i 127.0.0.1 -p "$sp_port" >"$work/sockperf-server.log" 2>&1 &
@@ -51,10 +38,7 @@ for mode in plain busy; do
   pids+=($!)
   native[$mode]=$nport
 done
-for mode in plain busy; do
-  for _ in $(seq 100); do grep -q ready "$work/$mode.log" 2>/dev/null && break; sleep 0.1; done
-  grep -q ready "$work/$mode.log" || { cat "$work/$mode.log" >&2; exit 1; }
-done
+for mode in plain busy; do wait_ready "$work/$mode.log"; done
 for _ in $(seq 100); do sockperf ping-pong --tcp -i 127.0.0.1 -p "$sp_port" -t 1 >/dev/null 2>&1 && break; sleep 0.1; done
 
 bench() {

@@ -22,24 +22,11 @@ rounds=${3:-3}
 shift $(($# < 3 ? $# : 3))
 [ "${1:-}" = "--" ] && shift
 extra=("$@")
-bin=${CARGO_TARGET_DIR:-target}/release
 out=${CARGO_TARGET_DIR:-target}/resp-vs-redis
 mkdir -p "$out"
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 2; }
-[ -x "$bin/corekv-node" ] && [ -x "$bin/corekv-bench" ] || {
-  echo "needs release builds: cargo build --release -p corekv-node -p corekv-benches" >&2
-  exit 2
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/script-common.sh
+source benches/script-common.sh
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
@@ -48,11 +35,8 @@ corekv_port=$(free_port)
 "$bin/corekv-node" --shards "$shards" --port "$corekv_port" --native-port 0 --durability none \
   --data-dir "$work/corekv" "${extra[@]}" >"$work/corekv.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  grep -q ready "$work/corekv.log" 2>/dev/null && redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
-grep -q ready "$work/corekv.log" || { cat "$work/corekv.log" >&2; exit 1; }
+wait_ready "$work/corekv.log"
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 echo "corekv-node --shards $shards ${extra[*]} vs redis-server $(redis-server --version | awk '{print $3}')"
 for case in "c1:--connections 1 --pipeline 1" "c50:--connections 50 --pipeline 1" "c50-p16:--connections 50 --pipeline 16"; do

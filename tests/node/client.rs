@@ -483,3 +483,49 @@ fn server_errors_are_typed() {
     assert!(c.exists("fill0").unwrap());
     assert!(c.del("fill0").unwrap());
 }
+
+#[test]
+fn busy_polling_connections_serve_both_protocols_and_notice_clients_leaving() {
+    if corekv_only() {
+        return;
+    }
+    let node = Node::start(&["--busy-poll", "200us"]);
+    let mut native = connect(Flavor::Blocking, &node);
+    let mut pipeline = Pipeline::new();
+    for i in 0..1_000 {
+        pipeline.set(format!("busy{i}"), format!("v{i}"), SetOptions::default());
+        pipeline.get(format!("busy{i}"));
+    }
+    for (i, result) in native.execute(&pipeline).into_iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            Reply::Bool(true)
+        } else {
+            Reply::Value(Some(Bytes::from(format!("v{}", i / 2))))
+        };
+        assert_eq!(result.unwrap(), expected, "request {i}");
+    }
+    // One request at a time: each arrives while the connection is still polling, or after.
+    for i in 0..200 {
+        assert_eq!(native.incr("busy:counter", 1).unwrap(), i + 1);
+    }
+    let mut resp = node.client();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET").arg(format!("r{i}")).arg(i).query(&mut resp).unwrap();
+        let got: i64 = redis::cmd("GET").arg(format!("r{i}")).query(&mut resp).unwrap();
+        assert_eq!(got, i);
+    }
+    let got: Option<String> = redis::cmd("GET").arg("busy7").query(&mut resp).unwrap();
+    assert_eq!(got.as_deref(), Some("v7"));
+    // Connections closed by their clients are noticed (end of stream seen by a polling read).
+    let clients = |resp: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("clients").query(resp).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    assert!(clients(&mut resp) >= 2);
+    drop(native);
+    crate::support::wait_for(Duration::from_secs(10), || (clients(&mut resp) == 1).then_some(()))
+        .expect("the native client's connections are closed once it is dropped");
+}

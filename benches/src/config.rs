@@ -12,12 +12,13 @@ use serde::Serialize;
 use crate::target::Target;
 
 /// `corekv-bench`: latency benchmark for RESP servers (corekv, Redis, Valkey) and corekv's native
-/// protocol, closed or open loop, without coordinated omission.
+/// protocol (over TCP or RDMA), closed or open loop, without coordinated omission.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "corekv-bench", version)]
 pub struct Cli {
-    /// Server to load: resp://HOST:PORT (any RESP server) or native://HOST:PORT (a corekv node's
-    /// native port: any shard's port serves as the seed).
+    /// Server to load: resp://HOST:PORT (any RESP server), native://HOST:PORT (a corekv node's
+    /// native port: any shard's port serves as the seed) or rdma://HOST:PORT (the native protocol
+    /// over RDMA, a node started with --rdma soft: any shard's --rdma-port serves as the seed).
     #[arg(long, value_parser = Target::parse)]
     pub target: Target,
     /// Second server, run alternately with --target (same workload); ratios are printed as
@@ -59,11 +60,13 @@ pub struct Cli {
     /// Requests outstanding per connection (the pipeline window).
     #[arg(long, default_value_t = 1, value_name = "D")]
     pub pipeline: u32,
-    /// Connections (with native://, each connection has one socket per shard).
+    /// Connections (with native://, each connection has one socket per shard; with rdma://, one
+    /// RDMA session per shard).
     #[arg(long, default_value_t = 8, value_name = "C")]
     pub connections: u32,
     /// Load-generator threads, each a single-threaded tokio runtime driving its share of the
-    /// connections (capped at --connections).
+    /// connections (capped at --connections). rdma:// ignores it: its sessions block, so each
+    /// connection runs on a thread of its own.
     #[arg(long, default_value_t = 1, value_name = "T")]
     pub threads: u32,
     /// Measured time per round, e.g. 10s, 500ms, 2m (default 10s unless --requests is given).

@@ -1,8 +1,8 @@
 //! `corekv-bench`, corekv's latency benchmark tool, in the spirit of memtier_benchmark and
 //! rpc-perf: GET/SET load against any RESP server (`resp://`) or a corekv node's native protocol
-//! (`native://`), closed loop or open loop (`--rate`) without coordinated omission, latencies in
-//! HDR-style histograms, a text table, a versioned JSON report, a percentile-spectrum plot and an
-//! alternating A/B comparison. Usage and the JSON schema: `benches/BENCH.md`.
+//! over TCP (`native://`) or RDMA (`rdma://`), closed loop or open loop (`--rate`) without
+//! coordinated omission, latencies in HDR-style histograms, a text table, a versioned JSON
+//! report, a percentile-spectrum plot and an alternating A/B comparison. Usage and the JSON schema: `benches/BENCH.md`.
 //!
 //! Modules, one job each:
 //!
@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`config`] | command line, validation, the settings of a run |
 //! | [`workload`] | which operation, key and value size each request has |
-//! | [`target`] | target URLs, sockets, and the RESP and native codecs |
+//! | [`target`] | target URLs, sockets and RDMA sessions, the RESP and native codecs |
 //! | [`load`] | the load loop: threads, connections, pipelining, draining |
 //! | [`pacing`] | the open loop's wait for each send time |
 //! | [`latency`] | histograms and counters, merged across threads and rounds |

@@ -31,6 +31,12 @@
 //! after which the ones still missing count as timeouts. With `--duration`, a thread also gives
 //! up on its connections at `end + 1.2 × drain timeout` even if a writer is still blocked (a
 //! server that neither reads nor answers), counting what it still waits for as timeouts.
+//!
+//! **RDMA** (`rdma://`): an `RdmaStream`'s calls block, so each RDMA connection gets a thread of
+//! its own (`--threads` does not apply) and [`rdma`] drives its sessions (one per shard) in a
+//! plain loop, with the same pieces as the tokio tasks: [`ThreadCtx::draw`] decides and draws each
+//! request, [`ThreadCtx::record`] records each reply, and the schedule, window, phases and error
+//! accounting are the ones described above.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -49,8 +55,10 @@ use crate::config::{KeyPattern, LoadConfig, Ratio, Stop, Workload};
 use crate::latency::Recording;
 use crate::pacing::Pacer;
 use crate::progress::Live;
-use crate::target::{self, classify, Codec, Op, Outcome, Protocol, Target};
+use crate::target::{self, classify, Codec, Op, Outcome, Protocol, Reply, Target};
 use crate::workload::{value_source, Generator};
+
+mod rdma;
 
 /// An open-loop request sent this long or longer after its scheduled time is "late".
 pub const LATE_THRESHOLD: Duration = Duration::from_millis(1);
@@ -95,7 +103,11 @@ pub fn run_round(
     live: Option<Arc<Live>>,
 ) -> Result<RoundResult, String> {
     let endpoints = current_thread_runtime()?.block_on(target::endpoints(target))?;
-    let threads = load.threads.clamp(1, load.connections);
+    let threads = match target.protocol {
+        // A blocking RDMA session needs a thread of its own: one thread per connection.
+        Protocol::Rdma => load.connections,
+        Protocol::Resp | Protocol::Native => load.threads.clamp(1, load.connections),
+    };
     let shared = Arc::new(Shared::default());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut go = Vec::new();
@@ -204,7 +216,28 @@ struct ThreadSetup {
 type Sockets = Vec<tokio::net::TcpStream>;
 
 impl ThreadSetup {
+    /// The state the thread's connections share once the schedule is fixed.
+    fn context(&self, plan: Plan) -> ThreadCtx {
+        ThreadCtx {
+            plan,
+            protocol: self.protocol,
+            value: value_source(self.workload.value_size.max, self.workload.seed),
+            workload: self.workload.clone(),
+            request_limit: match self.load.stop {
+                Stop::Requests(n) => Some(n),
+                Stop::Duration(_) => None,
+            },
+            load: self.load.clone(),
+            shared: self.shared.clone(),
+            live: self.live.clone(),
+            recording: RefCell::new(Recording::default()),
+        }
+    }
+
     fn run(self, ready: mpsc::Sender<Result<(), String>>, go: mpsc::Receiver<Option<Plan>>) -> Recording {
+        if self.protocol == Protocol::Rdma {
+            return rdma::run_thread(self, ready, go);
+        }
         let runtime = match current_thread_runtime() {
             Ok(rt) => rt,
             Err(e) => {
@@ -236,20 +269,7 @@ impl ThreadSetup {
         let Ok(Some(plan)) = go.recv() else {
             return Recording::default();
         };
-        let ctx = Rc::new(ThreadCtx {
-            plan,
-            protocol: self.protocol,
-            value: value_source(self.workload.value_size.max, self.workload.seed),
-            workload: self.workload,
-            request_limit: match self.load.stop {
-                Stop::Requests(n) => Some(n),
-                Stop::Duration(_) => None,
-            },
-            load: self.load,
-            shared: self.shared,
-            live: self.live,
-            recording: RefCell::new(Recording::default()),
-        });
+        let ctx = Rc::new(self.context(plan));
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
             let mut tasks = Vec::new();
@@ -274,7 +294,7 @@ impl ThreadSetup {
                 let lost: u64 = conns
                     .iter()
                     .flat_map(|conn| conn.pending.iter())
-                    .map(|queue| queue.borrow().iter().filter(|p| p.recorded).count() as u64)
+                    .map(|queue| recorded(&queue.borrow()))
                     .sum();
                 let mut rec = ctx.recording.borrow_mut();
                 rec.errors.timeout += lost;
@@ -305,6 +325,131 @@ impl ThreadCtx {
     fn past_end(&self, at: Instant) -> bool {
         self.plan.end.is_some_and(|end| at >= end)
     }
+
+    /// Open loop: when connection `index` sends its request number `k`, at its share of the
+    /// rate, offset so connections interleave evenly. `None` in closed loop.
+    fn due(&self, index: u32, k: u64) -> Option<Instant> {
+        let rate = self.load.rate?;
+        let interval = f64::from(self.load.connections) / rate;
+        let offset = f64::from(index) / rate;
+        Some(self.plan.start + Duration::from_secs_f64(offset + k as f64 * interval))
+    }
+
+    /// Draws a connection's next request once it holds a window slot: scheduled at `due` (open
+    /// loop) or now (closed loop), with request id `id`, routed to one of `shards` sockets.
+    /// `None` when sending stops: past the end, or the `--requests` limit reached.
+    fn draw<'g>(&self, generator: &'g mut Generator, due: Option<Instant>, id: u64, shards: u32) -> Option<Drawn<'g>> {
+        let now = Instant::now();
+        let scheduled = due.unwrap_or(now);
+        if due.is_none() && self.past_end(now) {
+            return None;
+        }
+        let recorded = scheduled >= self.plan.measure_start;
+        if recorded {
+            if let Some(limit) = self.request_limit {
+                if self.shared.issued.fetch_add(1, Ordering::Relaxed) >= limit {
+                    return None;
+                }
+            }
+            if due.is_some() && now.duration_since(scheduled) >= LATE_THRESHOLD {
+                self.recording.borrow_mut().late += 1;
+            }
+        }
+        let op = generator.next_op();
+        let value = match op {
+            Op::Set => self.value.slice(..generator.next_value_len()),
+            Op::Get => Bytes::new(),
+        };
+        let key = generator.next_key();
+        let shard = if shards > 1 { key_shard(key, shards) as usize } else { 0 };
+        Some(Drawn {
+            pending: Pending {
+                id,
+                scheduled,
+                op,
+                recorded,
+            },
+            shard,
+            key,
+            value,
+        })
+    }
+
+    /// Records `reply`, received at `now`, to `request`. `Err`: a protocol error (the reply
+    /// cannot answer that request).
+    fn record(&self, request: Pending, reply: Reply, now: Instant) -> Result<(), String> {
+        if !request.recorded {
+            return Ok(());
+        }
+        let latency_ns = u64::try_from(now.duration_since(request.scheduled).as_nanos()).unwrap_or(u64::MAX);
+        let outcome = classify(request.op, reply)?;
+        let mut rec = self.recording.borrow_mut();
+        rec.last_reply = Some(now);
+        let stats = rec.op_mut(request.op);
+        stats.record(latency_ns);
+        let error = match outcome {
+            Outcome::Hit | Outcome::Stored => false,
+            Outcome::Miss => {
+                stats.misses += 1;
+                false
+            }
+            Outcome::ServerError(message) => {
+                stats.errors += 1;
+                rec.errors.server += 1;
+                rec.note_error(format!("{} error reply: {message}", request.op.name()));
+                true
+            }
+        };
+        drop(rec);
+        if let Some(live) = &self.live {
+            live.record(latency_ns, error);
+        }
+        Ok(())
+    }
+
+    /// A socket (or session) closed or failed with `lost` recorded requests unanswered: they
+    /// count as connection errors; the connection's first failure (`first`) also counts it as
+    /// lost and keeps `message`.
+    fn lost(&self, lost: u64, first: bool, message: &str) {
+        let mut rec = self.recording.borrow_mut();
+        rec.errors.connection += lost;
+        if first {
+            rec.connections_lost += 1;
+            rec.note_error(format!("{message} ({lost} requests lost)"));
+        }
+    }
+
+    /// `lost` recorded requests were still unanswered when the drain timeout ran out.
+    fn timed_out(&self, lost: u64) {
+        let mut rec = self.recording.borrow_mut();
+        rec.errors.timeout += lost;
+        let wait = self.load.drain_timeout;
+        rec.note_error(format!(
+            "{lost} requests unanswered {wait:?} after the end of the round"
+        ));
+    }
+}
+
+/// A request drawn for sending, and the socket (shard) it goes to.
+struct Drawn<'g> {
+    pending: Pending,
+    shard: usize,
+    key: &'g [u8],
+    value: Bytes,
+}
+
+/// Takes the request a reply answers off its socket's queue: the oldest (RESP, `id` `None`) or
+/// the one with the reply's id (native).
+fn take_pending(queue: &mut VecDeque<Pending>, id: Option<u64>) -> Option<Pending> {
+    match id {
+        None => queue.pop_front(),
+        Some(id) => queue.iter().position(|p| p.id == id).and_then(|at| queue.remove(at)),
+    }
+}
+
+/// Recorded requests in `queue` (the ones a failure or a timeout counts).
+fn recorded(queue: &VecDeque<Pending>) -> u64 {
+    queue.iter().filter(|p| p.recorded).count() as u64
 }
 
 /// A request waiting for its reply.
@@ -407,22 +552,12 @@ async fn write_loop(ctx: Rc<ThreadCtx>, conn: Rc<Connection>, index: u32, halves
         buffered: 0,
     };
     let mut generator = Generator::new(&ctx.workload, u64::from(index), ctx.shared.sequence.clone());
-    // Open loop: this connection's share of the rate, offset so connections interleave evenly.
-    let schedule = ctx.load.rate.map(|rate| {
-        let interval = f64::from(ctx.load.connections) / rate;
-        let offset = f64::from(index) / rate;
-        (interval, offset)
-    });
-    // The scheduled time of this connection's request number `k` (open loop).
-    let due_of = |k: u64| {
-        schedule.map(|(interval, offset)| ctx.plan.start + Duration::from_secs_f64(offset + k as f64 * interval))
-    };
     let pacer = Pacer::new(ctx.load.pacing);
     let mut sent = 0u64;
     let mut next_id = 1u64;
     let mut ok = true;
     loop {
-        let due = due_of(sent);
+        let due = ctx.due(index, sent);
         if let Some(due) = due {
             if ctx.past_end(due) {
                 break;
@@ -454,47 +589,26 @@ async fn write_loop(ctx: Rc<ThreadCtx>, conn: Rc<Connection>, index: u32, halves
         if conn.failed.get() {
             break;
         }
-        let now = Instant::now();
-        let scheduled = due.unwrap_or(now);
-        if due.is_none() && ctx.past_end(now) {
+        let Some(Drawn {
+            pending,
+            shard,
+            key,
+            value,
+        }) = ctx.draw(&mut generator, due, next_id, shards)
+        else {
             conn.window.add_permits(1);
             break;
-        }
-        let recorded = scheduled >= ctx.plan.measure_start;
-        if recorded {
-            if let Some(limit) = ctx.request_limit {
-                if ctx.shared.issued.fetch_add(1, Ordering::Relaxed) >= limit {
-                    conn.window.add_permits(1);
-                    break;
-                }
-            }
-            if due.is_some() && now.duration_since(scheduled) >= LATE_THRESHOLD {
-                ctx.recording.borrow_mut().late += 1;
-            }
-        }
-        let op = generator.next_op();
-        let value = match op {
-            Op::Set => ctx.value.slice(..generator.next_value_len()),
-            Op::Get => Bytes::new(),
         };
-        let key = generator.next_key();
-        let shard = if shards > 1 { key_shard(key, shards) as usize } else { 0 };
-        let id = next_id;
         next_id += 1;
         sent += 1;
-        conn.pending[shard].borrow_mut().push_back(Pending {
-            id,
-            scheduled,
-            op,
-            recorded,
-        });
+        conn.pending[shard].borrow_mut().push_back(pending);
         let before = out.buffers[shard].len();
-        out.codecs[shard].encode(op, id, key, &value, &mut out.buffers[shard]);
+        out.codecs[shard].encode(pending.op, pending.id, key, &value, &mut out.buffers[shard]);
         out.buffered += out.buffers[shard].len() - before;
         // Gather the requests that can go right away into one write.
         let another_now = out.buffered < MAX_WRITE_BATCH
             && conn.window.available_permits() > 0
-            && due_of(sent).map_or(true, |next| next <= Instant::now());
+            && ctx.due(index, sent).map_or(true, |next| next <= Instant::now());
         if !another_now {
             ok = out.flush().await;
             if !ok {
@@ -537,12 +651,9 @@ async fn read_loop(ctx: Rc<ThreadCtx>, conn: Rc<Connection>, socket: usize, mut 
             _ = conn.done.notified(), if !conn.sending_done.get() => continue,
             _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now).into()),
                 if drain_deadline.is_some() => {
-                let lost = pending.borrow().iter().filter(|p| p.recorded).count() as u64;
+                let lost = recorded(&pending.borrow());
                 pending.borrow_mut().clear();
-                let mut rec = ctx.recording.borrow_mut();
-                rec.errors.timeout += lost;
-                let wait = ctx.load.drain_timeout;
-                rec.note_error(format!("{lost} requests unanswered {wait:?} after the end of the round"));
+                ctx.timed_out(lost);
                 return;
             }
         };
@@ -558,46 +669,14 @@ async fn read_loop(ctx: Rc<ThreadCtx>, conn: Rc<Connection>, socket: usize, mut 
                 Ok(None) => break,
                 Err(e) => return protocol_error(&ctx, &conn, pending, false, e),
             };
-            let request = {
-                let mut queue = pending.borrow_mut();
-                match id {
-                    None => queue.pop_front(),
-                    Some(id) => queue.iter().position(|p| p.id == id).and_then(|at| queue.remove(at)),
-                }
-            };
+            let request = take_pending(&mut pending.borrow_mut(), id);
             let Some(request) = request else {
                 let message = format!("{} with no request waiting (id {id:?})", reply.describe());
                 return protocol_error(&ctx, &conn, pending, true, message);
             };
             conn.window.add_permits(1);
-            if !request.recorded {
-                continue;
-            }
-            let latency_ns = u64::try_from(now.duration_since(request.scheduled).as_nanos()).unwrap_or(u64::MAX);
-            let outcome = match classify(request.op, reply) {
-                Ok(outcome) => outcome,
-                Err(e) => return protocol_error(&ctx, &conn, pending, true, e),
-            };
-            let mut rec = ctx.recording.borrow_mut();
-            rec.last_reply = Some(now);
-            let stats = rec.op_mut(request.op);
-            stats.record(latency_ns);
-            let error = match outcome {
-                Outcome::Hit | Outcome::Stored => false,
-                Outcome::Miss => {
-                    stats.misses += 1;
-                    false
-                }
-                Outcome::ServerError(message) => {
-                    stats.errors += 1;
-                    rec.errors.server += 1;
-                    rec.note_error(format!("{} error reply: {message}", request.op.name()));
-                    true
-                }
-            };
-            drop(rec);
-            if let Some(live) = &ctx.live {
-                live.record(latency_ns, error);
+            if let Err(e) = ctx.record(request, reply, now) {
+                return protocol_error(&ctx, &conn, pending, true, e);
             }
         }
     }
@@ -622,14 +701,9 @@ fn protocol_error(
 
 /// The socket closed or failed: its unanswered requests are lost and the connection stops.
 fn fail(ctx: &ThreadCtx, conn: &Connection, pending: &RefCell<VecDeque<Pending>>, message: String) {
-    let lost = pending.borrow().iter().filter(|p| p.recorded).count() as u64;
+    let lost = recorded(&pending.borrow());
     pending.borrow_mut().clear();
-    let mut rec = ctx.recording.borrow_mut();
-    rec.errors.connection += lost;
-    if !conn.failed.replace(true) {
-        rec.connections_lost += 1;
-        rec.note_error(format!("{message} ({lost} requests lost)"));
-    }
+    ctx.lost(lost, !conn.failed.replace(true), &message);
     conn.window.close();
     conn.done.notify_waiters();
 }

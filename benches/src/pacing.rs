@@ -79,6 +79,17 @@ impl Pacer {
     }
 }
 
+/// For a thread that blocks instead of awaiting (the rdma loop, `load::rdma`): how long before a
+/// send time it stops blocking and spins (yielding) the rest of the way. `timer` and `spin` keep
+/// their precision this way; `sleep` does not spin.
+pub fn blocking_margin(pacing: Pacing) -> Duration {
+    match pacing {
+        Pacing::Timer => TIMER_EARLY,
+        Pacing::Spin => SPIN_WINDOW,
+        Pacing::Sleep => Duration::ZERO,
+    }
+}
+
 /// Registers the timer with the reactor.
 ///
 /// `AsyncFd::new` is deprecated in favour of the `unsafe` `AsyncFd::register`, because a

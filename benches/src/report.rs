@@ -377,12 +377,19 @@ pub fn describe(settings: &Settings) -> String {
     } else {
         format!("{}-{} B", w.value_size.min, w.value_size.max)
     };
+    let rdma = std::iter::once(&settings.target)
+        .chain(settings.compare.as_ref().map(|(target, _)| target))
+        .any(|target| target.protocol == Protocol::Rdma);
+    let threads = if rdma {
+        format!("{} thread(s) (rdma: one per connection)", l.threads)
+    } else {
+        format!("{} thread(s)", l.threads)
+    };
     format!(
-        "{mode}, {} connections x pipeline {}, {} thread(s), GET:SET {}:{}, {} keys ({:?}), values {values}, \
+        "{mode}, {} connections x pipeline {}, {threads}, GET:SET {}:{}, {} keys ({:?}), values {values}, \
          {stop} per round after {:.1} s warm-up, {} round(s)",
         l.connections,
         l.pipeline,
-        l.threads,
         w.ratio.read,
         w.ratio.write,
         w.keys,

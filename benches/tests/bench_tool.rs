@@ -14,7 +14,7 @@ use corekv_bench::config::{Cli, Settings};
 use corekv_bench::latency::Recording;
 use corekv_bench::load::{prefill, run_round, RoundResult};
 use corekv_bench::report::{Report, TargetResult, SCHEMA};
-use fake_servers::{start_native, start_resp, Behaviour};
+use fake_servers::{start_native, start_rdma, start_rdma_dropping, start_resp, Behaviour};
 use serde_json::Value;
 
 fn settings(args: &[&str]) -> Settings {
@@ -160,6 +160,129 @@ fn native_target_routes_each_key_to_its_shard() {
         .each_ref()
         .map(|n| n.load(std::sync::atomic::Ordering::SeqCst));
     assert!(per_shard.iter().all(|&n| n > 500), "{per_shard:?}");
+}
+
+#[test]
+fn rdma_target_routes_each_key_to_its_shard() {
+    let server = start_rdma();
+    let url = format!("rdma://127.0.0.1:{}", server.seed_port);
+    let s = settings(&[
+        "--target",
+        &url,
+        "--requests",
+        "3000",
+        "--warmup",
+        "0s",
+        "--connections",
+        "3",
+        "--pipeline",
+        "8",
+        "--ratio",
+        "1:1",
+        "--keys",
+        "500",
+    ]);
+    let filled = prefill(&s.target, &s.workload, &s.load).expect("prefill runs");
+    assert_eq!(filled.recording.set.requests, 500);
+    assert_eq!(
+        filled.recording.errors.total(),
+        0,
+        "{:?}",
+        filled.recording.first_errors
+    );
+    let result = run(&s);
+    let rec = &result.recording;
+    // A request sent to the wrong shard's session would come back as a WRONG_SHARD error.
+    assert_eq!(rec.errors.total(), 0, "{:?}", rec.first_errors);
+    assert_eq!(rec.connections_lost, 0);
+    assert_eq!(rec.total().requests, 3000);
+    assert!(rec.get.requests > 1000 && rec.set.requests > 1000);
+    assert_eq!(rec.get.misses, 0, "every key was prefilled");
+    assert_eq!(rec.late, 0, "a closed loop is never late");
+    let per_shard = server
+        .per_shard
+        .each_ref()
+        .map(|n| n.load(std::sync::atomic::Ordering::SeqCst));
+    // 500 prefill SETs and 3000 requests, spread over both shards.
+    assert_eq!(per_shard[0] + per_shard[1], 3500);
+    assert!(per_shard.iter().all(|&n| n > 1000), "{per_shard:?}");
+}
+
+#[test]
+fn rdma_target_open_loop_keeps_the_rate() {
+    let server = start_rdma();
+    let url = format!("rdma://127.0.0.1:{}", server.seed_port);
+    let s = settings(&[
+        "--target",
+        &url,
+        "--rate",
+        "2000",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--ratio",
+        "1:1",
+        "--keys",
+        "100",
+    ]);
+    let result = run(&s);
+    let rec = &result.recording;
+    let total = rec.total();
+    assert_eq!(rec.errors.total(), 0, "{:?}", rec.first_errors);
+    // 2000/s for 0.5 s, scheduled times fixed in advance: exactly the due requests are recorded.
+    assert!((990..=1000).contains(&total.requests), "{} requests", total.requests);
+    assert!(rec.get.requests > 300 && rec.set.requests > 300);
+    let per_shard = server
+        .per_shard
+        .each_ref()
+        .map(|n| n.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(per_shard.iter().all(|&n| n > 300), "{per_shard:?}");
+    // The last request is due just before the end; its reply comes after (how long after is
+    // not asserted).
+    assert!(result.measured.as_secs_f64() >= 0.49, "{:?}", result.measured);
+}
+
+#[test]
+fn a_failed_rdma_session_is_reported() {
+    // The session that receives the node's 200th request message goes away unanswered.
+    let server = start_rdma_dropping(Some(200));
+    let url = format!("rdma://127.0.0.1:{}", server.seed_port);
+    let s = settings(&[
+        "--target",
+        &url,
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--drain-timeout",
+        "1s",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+    ]);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(run(&s));
+    });
+    let result = done_rx.recv_timeout(Duration::from_secs(30)).expect("the round ends");
+    let rec = &result.recording;
+    // The session fails (its queue pairs are flushed): its requests are lost, its connection
+    // stops sending, and the other connection carried on.
+    assert_eq!(rec.connections_lost, 1, "{:?}", rec.first_errors);
+    assert!(rec.errors.connection >= 1, "{:?}", rec.errors);
+    assert_eq!(rec.errors.total(), rec.errors.connection, "{:?}", rec.first_errors);
+    assert!(
+        rec.first_errors[0].starts_with("connection failed: "),
+        "{:?}",
+        rec.first_errors
+    );
+    assert!(rec.total().requests > 200, "{} requests", rec.total().requests);
 }
 
 #[test]
@@ -508,6 +631,59 @@ fn binary_compares_two_targets() {
         order[2].contains(" B second") && order[3].contains(" A first"),
         "{order:?}"
     );
+}
+
+#[test]
+fn binary_runs_an_rdma_target() {
+    let server = start_rdma();
+    let url = format!("rdma://127.0.0.1:{}", server.seed_port);
+    let output = bench_binary()
+        .args([
+            "--target",
+            &url,
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--ratio",
+            "1:1",
+        ])
+        .args([
+            "--requests",
+            "400",
+            "--warmup",
+            "0s",
+            "--prefill",
+            "--keys",
+            "50",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is the JSON report");
+    let result = &report["results"][0];
+    assert_eq!(result["protocol"], "rdma");
+    assert_eq!(result["target"], url);
+    assert_eq!(result["requests"], 400);
+    assert_eq!(result["misses"], 0, "prefilled");
+    assert_eq!(result["errors"]["total"], 0);
+
+    // A port that does not listen: exit code 2, with the session error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = bench_binary()
+        .args(["--target", &format!("rdma://127.0.0.1:{port}"), "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("cannot open an rdma session"), "{stderr}");
 }
 
 #[test]

@@ -6,8 +6,11 @@
 //! a small allocation-free reader, [`native`] uses `corekv_net::native` (`Request::encode`,
 //! `FrameDecoder`, `Response::decode`). A codec only turns bytes into a protocol-neutral
 //! [`Reply`]; whether a reply is right for the request it answers is decided by [`classify`].
+//! [`rdma`] carries the native protocol's frames, with the native codec, over RDMA sessions
+//! (`corekv_net::client::rdma::RdmaStream`) instead of sockets.
 
 pub mod native;
+pub mod rdma;
 pub mod resp;
 
 use std::fmt;
@@ -25,9 +28,12 @@ pub enum Protocol {
     Resp,
     /// corekv's native protocol: one socket per shard per connection; replies matched by id.
     Native,
+    /// corekv's native protocol over RDMA (a node's `--rdma-port`, soft provider): one RDMA
+    /// session per shard per connection; replies matched by id.
+    Rdma,
 }
 
-/// A server to benchmark: `resp://HOST:PORT` or `native://HOST:PORT`.
+/// A server to benchmark: `resp://HOST:PORT`, `native://HOST:PORT` or `rdma://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub protocol: Protocol,
@@ -39,11 +45,16 @@ impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("target {url:?} is not resp://HOST:PORT or native://HOST:PORT"))?;
+            .ok_or_else(|| format!("target {url:?} is not resp://, native:// or rdma://HOST:PORT"))?;
         let protocol = match scheme {
             "resp" | "redis" => Protocol::Resp,
             "native" => Protocol::Native,
-            _ => return Err(format!("target {url:?}: unknown scheme {scheme:?} (resp or native)")),
+            "rdma" => Protocol::Rdma,
+            _ => {
+                return Err(format!(
+                    "target {url:?}: unknown scheme {scheme:?} (resp, native or rdma)"
+                ))
+            }
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
@@ -80,6 +91,7 @@ impl fmt::Display for Target {
         let scheme = match self.protocol {
             Protocol::Resp => "resp",
             Protocol::Native => "native",
+            Protocol::Rdma => "rdma",
         };
         write!(f, "{scheme}://{}", self.address())
     }
@@ -88,12 +100,15 @@ impl fmt::Display for Target {
 /// How long opening a socket or fetching the topology may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The addresses every benchmark connection opens a socket to, in routing order: the target
-/// itself for RESP; for native, each shard's endpoint from a TOPOLOGY asked of the target.
+/// The addresses every benchmark connection opens a socket (or RDMA session) to, in routing
+/// order: the target itself for RESP; for native and rdma, each shard's endpoint from a TOPOLOGY
+/// asked of the target. (The rdma exchange blocks the calling thread: it is the only task of the
+/// runtime it runs on.)
 pub async fn endpoints(target: &Target) -> Result<Vec<String>, String> {
     match target.protocol {
         Protocol::Resp => Ok(vec![target.address()]),
         Protocol::Native => native::fetch_topology(target).await,
+        Protocol::Rdma => rdma::fetch_topology(target),
     }
 }
 
@@ -189,7 +204,7 @@ impl Codec {
     pub fn new(protocol: Protocol) -> Codec {
         match protocol {
             Protocol::Resp => Codec::Resp(resp::RespCodec),
-            Protocol::Native => Codec::Native(native::NativeCodec::default()),
+            Protocol::Native | Protocol::Rdma => Codec::Native(native::NativeCodec::default()),
         }
     }
 
@@ -227,6 +242,12 @@ mod tests {
         let t = Target::parse("native://[::1]:7000").unwrap();
         assert_eq!((t.protocol, t.host.as_str(), t.port), (Protocol::Native, "::1", 7000));
         assert_eq!(t.address(), "[::1]:7000");
+        let t = Target::parse("rdma://10.0.0.1:7680").unwrap();
+        assert_eq!(
+            (t.protocol, t.host.as_str(), t.port),
+            (Protocol::Rdma, "10.0.0.1", 7680)
+        );
+        assert_eq!(t.to_string(), "rdma://10.0.0.1:7680");
         for bad in [
             "127.0.0.1:6379",
             "http://h:1",

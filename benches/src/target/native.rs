@@ -7,7 +7,7 @@
 //! loop sends every request to its key's shard (`corekv_net::routing::key_shard`).
 
 use bytes::{Bytes, BytesMut};
-use corekv_net::native::{FrameDecoder, Limits, Request, Response, SetCondition, HASH_COREKV_V1};
+use corekv_net::native::{Frame, FrameDecoder, Limits, Request, Response, SetCondition, HASH_COREKV_V1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{connect, Op, Reply, Target, CONNECT_TIMEOUT};
@@ -97,6 +97,11 @@ pub async fn fetch_topology(target: &Target) -> Result<Vec<String>, String> {
         .map_err(|_| format!("{target}: no TOPOLOGY reply within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("{target}: TOPOLOGY failed: {e} (is this a native port?)"))?
         .map_err(|e| format!("{target}: {e} (is this a native port?)"))?;
+    topology_endpoints(target, frame)
+}
+
+/// The shard endpoints of `frame`, the reply to TOPOLOGY (over TCP or RDMA), shard 0 first.
+pub fn topology_endpoints(target: &Target, frame: Frame) -> Result<Vec<String>, String> {
     match Response::decode(frame, &Limits::default()) {
         Ok(Response::Topology(topology)) => {
             if topology.hash_id() != HASH_COREKV_V1 {
@@ -121,7 +126,7 @@ pub async fn fetch_topology(target: &Target) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corekv_net::native::{ErrorCode, Frame};
+    use corekv_net::native::ErrorCode;
 
     fn decode_request(bytes: &mut BytesMut) -> (u64, Request) {
         let frame: Frame = FrameDecoder::default().decode(bytes).unwrap().unwrap();

@@ -1,19 +1,29 @@
 //! In-process fake servers for the load loop's tests, on 127.0.0.1 port 0, one std thread per
 //! connection: a RESP server (GET/SET on a shared map) that can stall once, inject error replies
 //! or drop a connection, and a two-shard native server that checks routing and answers each
-//! batch of requests in reverse order (replies matched by id).
+//! batch of requests in reverse order (replies matched by id), over TCP ([`start_native`]) or over
+//! RDMA sessions of `corekv_rdma`'s soft provider ([`start_rdma`], served as `node/src/rdma_serve.rs`
+//! does: handshake and tagged data connection, RDMA Read of the frames, RDMA Write of the
+//! responses, RESPONSE).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use corekv_net::native::{ErrorCode, FrameDecoder, Limits, Request, Response, Topology, HASH_COREKV_V1};
 use corekv_net::resp::{ParseLimits, Protocol, ReplyEncoder, RequestParser};
 use corekv_net::routing::key_shard;
+use corekv_rdma::channel::{ChannelConfig, PAYLOAD_MAX};
+use corekv_rdma::handshake::{Handshake, Mtu, PeerEpochs, MAGIC, VERSION};
+use corekv_rdma::pool::{self, BufferPool};
+use corekv_rdma::provider::{CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, RemoteAddr};
+use corekv_rdma::rpc::{Attach, RpcMsg, SoftEndpoint, Status, DATA_MAGIC};
+use corekv_rdma::session;
+use corekv_rdma::soft::SoftPd;
 
 type Store = Arc<Mutex<HashMap<Bytes, Bytes>>>;
 
@@ -174,41 +184,257 @@ fn serve_native(mut stream: TcpStream, shard: u32, topology: &Topology, store: &
             Ok(n) => n,
         };
         input.extend_from_slice(&chunk[..n]);
-        let mut answers = Vec::new();
-        while let Some(frame) = decoder.decode(&mut input).expect("valid frames from the bench") {
-            let id = frame.request_id();
-            let request = Request::decode(frame, &Limits::default()).expect("valid request");
-            let wrong_shard = |key: &[u8]| {
-                let owner = key_shard(key, 2);
-                (owner != shard).then(|| Response::Error {
-                    code: ErrorCode::WRONG_SHARD,
-                    message: Bytes::from(format!("key belongs to shard {owner}")),
-                })
-            };
-            let response = match request {
-                Request::Topology => Response::Topology(topology.clone()),
-                Request::Get { key } => wrong_shard(&key).unwrap_or_else(|| {
-                    per_shard[shard as usize].fetch_add(1, Ordering::SeqCst);
-                    match store.lock().unwrap().get(&key) {
-                        Some(v) => Response::Value(v.clone()),
-                        None => Response::NotFound,
-                    }
-                }),
-                Request::Set { key, value, .. } => wrong_shard(&key).unwrap_or_else(|| {
-                    per_shard[shard as usize].fetch_add(1, Ordering::SeqCst);
-                    store.lock().unwrap().insert(key, value);
-                    Response::Ok
-                }),
-                other => panic!("the bench sent {other:?}"),
-            };
-            answers.push((id, response));
-        }
-        // Out of order on purpose: the bench must match replies by id.
-        let mut out = BytesMut::new();
-        for (id, response) in answers.iter().rev() {
-            response.encode(*id, false, &mut out);
-        }
+        let out = answer_frames(&mut decoder, &mut input, shard, topology, store, per_shard);
         if stream.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers every whole frame of `input` as shard `shard` of a two-shard node, in reverse order
+/// on purpose: the bench must match replies by id.
+fn answer_frames(
+    decoder: &mut FrameDecoder,
+    input: &mut BytesMut,
+    shard: u32,
+    topology: &Topology,
+    store: &Store,
+    per_shard: &[AtomicU64; 2],
+) -> BytesMut {
+    let mut answers = Vec::new();
+    while let Some(frame) = decoder.decode(input).expect("valid frames from the bench") {
+        let id = frame.request_id();
+        let request = Request::decode(frame, &Limits::default()).expect("valid request");
+        let wrong_shard = |key: &[u8]| {
+            let owner = key_shard(key, 2);
+            (owner != shard).then(|| Response::Error {
+                code: ErrorCode::WRONG_SHARD,
+                message: Bytes::from(format!("key belongs to shard {owner}")),
+            })
+        };
+        let response = match request {
+            Request::Topology => Response::Topology(topology.clone()),
+            Request::Get { key } => wrong_shard(&key).unwrap_or_else(|| {
+                per_shard[shard as usize].fetch_add(1, Ordering::SeqCst);
+                match store.lock().unwrap().get(&key) {
+                    Some(v) => Response::Value(v.clone()),
+                    None => Response::NotFound,
+                }
+            }),
+            Request::Set { key, value, .. } => wrong_shard(&key).unwrap_or_else(|| {
+                per_shard[shard as usize].fetch_add(1, Ordering::SeqCst);
+                store.lock().unwrap().insert(key, value);
+                Response::Ok
+            }),
+            other => panic!("the bench sent {other:?}"),
+        };
+        answers.push((id, response));
+    }
+    let mut out = BytesMut::new();
+    for (id, response) in answers.iter().rev() {
+        response.encode(*id, false, &mut out);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two-shard node over RDMA (soft provider)
+// ---------------------------------------------------------------------------------------------
+
+/// What every session of one fake RDMA shard shares.
+struct RdmaShard {
+    shard: u32,
+    topology: Topology,
+    store: Store,
+    per_shard: Arc<[AtomicU64; 2]>,
+    epochs: Mutex<PeerEpochs>,
+    /// Sessions waiting for their data connection, by token.
+    waiting: Mutex<HashMap<u64, mpsc::Sender<TcpStream>>>,
+    next_token: AtomicU64,
+    /// Request messages received by both shards.
+    messages: Arc<AtomicU64>,
+    /// The session that receives the node's Nth request message drops it unanswered and ends.
+    drop_at: Option<u64>,
+}
+
+/// A two-shard native node over RDMA: each shard's handshake port serves its sessions (one
+/// thread each), keys routed by `key_shard(key, 2)`; TOPOLOGY names the RDMA ports. Responses
+/// must fit the client's response buffer (no PULL), which the bench's small values do.
+pub fn start_rdma() -> FakeNative {
+    start_rdma_dropping(None)
+}
+
+/// [`start_rdma`], whose session that receives the node's `drop_at`th request message ends
+/// there, unanswered (the client sees its session fail).
+pub fn start_rdma_dropping(drop_at: Option<u64>) -> FakeNative {
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    ];
+    let endpoints: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port()))
+        .collect();
+    let topology = Topology::build(HASH_COREKV_V1, endpoints.iter().map(String::as_str));
+    let seed_port = listeners[0].local_addr().unwrap().port();
+    let per_shard: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let store = Store::default();
+    let messages = Arc::new(AtomicU64::new(0));
+    for (shard, listener) in listeners.into_iter().enumerate() {
+        let shared = Arc::new(RdmaShard {
+            messages: messages.clone(),
+            drop_at,
+            shard: shard as u32,
+            topology: topology.clone(),
+            store: store.clone(),
+            per_shard: per_shard.clone(),
+            epochs: Mutex::new(PeerEpochs::new()),
+            waiting: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1 + ((shard as u64) << 32)),
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve_rdma_connection(stream, &shared));
+            }
+        });
+    }
+    FakeNative { seed_port, per_shard }
+}
+
+fn serve_rdma_connection(mut stream: TcpStream, shared: &RdmaShard) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut magic = [0u8; 4];
+    if stream.read_exact(&mut magic).is_err() {
+        return;
+    }
+    match u32::from_le_bytes(magic) {
+        MAGIC => serve_rdma_session(stream, magic, shared),
+        DATA_MAGIC => {
+            let mut bytes = [0u8; Attach::LEN];
+            bytes[..4].copy_from_slice(&magic);
+            if stream.read_exact(&mut bytes[4..]).is_err() {
+                return;
+            }
+            let attach = Attach::decode(&bytes).expect("a valid attach");
+            if let Some(session) = shared.waiting.lock().unwrap().remove(&attach.token) {
+                let _ = session.send(stream);
+            }
+        }
+        other => panic!("not an rdma handshake: {other:#x}"),
+    }
+}
+
+/// One session: handshake, data connection, then REQUEST → RDMA Read the frames, answer them,
+/// RDMA Write the responses → RESPONSE, until the client goes away.
+fn serve_rdma_session(mut control: TcpStream, magic: [u8; 4], shared: &RdmaShard) {
+    const DEPTH: u32 = 4;
+    let mut theirs = [0u8; Handshake::LEN];
+    theirs[..4].copy_from_slice(&magic);
+    control.read_exact(&mut theirs[4..]).unwrap();
+    let pd = SoftPd::new();
+    let mut pool = BufferPool::new(pd.register(4 << 20).unwrap(), 1024).unwrap();
+    let mut endpoint = SoftEndpoint::new(&pd, ChannelConfig::default(), DEPTH).unwrap();
+    let ours = Handshake {
+        version: VERSION,
+        node_id: 42,
+        shard_id: shared.shard,
+        epoch: 0,
+        qp_num: endpoint.chan.qp().qp_num(),
+        psn: 0,
+        gid: [0; 16],
+        lid: 0,
+        mtu: Mtu::Mtu4096,
+        recv_ring: endpoint.chan.region().desc(),
+        pool: pool.mr().desc(),
+        credits: ChannelConfig::default().credits,
+    };
+    let (peer, credits, answer) =
+        session::accept_bytes(&theirs, &ours, &mut shared.epochs.lock().unwrap()).expect("a valid handshake");
+    let token = shared.next_token.fetch_add(1, Ordering::SeqCst);
+    let (tx, rx) = mpsc::channel();
+    shared.waiting.lock().unwrap().insert(token, tx);
+    control.write_all(&answer).unwrap();
+    control.write_all(&token.to_le_bytes()).unwrap();
+    let Ok(mut data) = rx.recv_timeout(Duration::from_secs(10)) else {
+        return;
+    };
+    let attach = Attach {
+        token,
+        qp_num: endpoint.data_qp.qp_num(),
+        psn: 0,
+    };
+    data.write_all(&attach.encode()).unwrap();
+    for stream in [&control, &data] {
+        stream.set_read_timeout(None).unwrap();
+    }
+    endpoint.connect(credits, control, data).unwrap();
+
+    let timeout = Duration::from_secs(5);
+    let remote = |offset: u64| RemoteAddr {
+        addr: peer.pool.addr + offset,
+        rkey: peer.pool.rkey,
+    };
+    let mut decoder = FrameDecoder::new(Limits::default());
+    let mut message = [0u8; PAYLOAD_MAX];
+    let mut next_wr = 0u64;
+    loop {
+        let len = loop {
+            match endpoint.chan.try_recv(&mut message) {
+                Ok(Some(len)) => break len,
+                Ok(None) => {}
+                Err(_) => return, // the client went away
+            }
+            if endpoint.chan.cq().wait(Duration::from_millis(100)).is_err() {
+                return;
+            }
+        };
+        let RpcMsg::Request {
+            tag,
+            frames_offset,
+            frames_len,
+            response_offset,
+            response_capacity,
+        } = RpcMsg::decode(&message[..len]).unwrap()
+        else {
+            continue; // RELEASE: nothing is ever pulled here
+        };
+        if shared.drop_at == Some(shared.messages.fetch_add(1, Ordering::SeqCst) + 1) {
+            return;
+        }
+        let block = pool.alloc(frames_len as usize).expect("room for the frames");
+        next_wr += 1;
+        pool::post_read(&endpoint.data_qp, &pool, &block, remote(frames_offset), next_wr).unwrap();
+        pool::wait_for(&endpoint.data_cq, next_wr, timeout).unwrap();
+        let mut input = BytesMut::zeroed(frames_len as usize);
+        pool.read(&block, &mut input).unwrap();
+        pool.free(block).unwrap();
+        let out = answer_frames(
+            &mut decoder,
+            &mut input,
+            shared.shard,
+            &shared.topology,
+            &shared.store,
+            &shared.per_shard,
+        );
+        assert!(input.is_empty(), "a request message carries whole frames");
+        assert!(out.len() <= response_capacity as usize, "no PULL in this fake");
+        let block = pool.alloc(out.len().max(1)).expect("room for the responses");
+        pool.write(&block, &out).unwrap();
+        next_wr += 1;
+        pool::post_write(&endpoint.data_qp, &pool, &block, remote(response_offset), next_wr).unwrap();
+        let written = pool::wait_for(&endpoint.data_cq, next_wr, timeout);
+        pool.free(block).unwrap();
+        if written.is_err() {
+            return;
+        }
+        let response = RpcMsg::Response {
+            tag,
+            status: Status::Written,
+            len: out.len() as u32,
+            pull_offset: 0,
+        };
+        if endpoint.chan.send_blocking(&response.encode(), timeout).is_err() {
             return;
         }
     }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use super::config::{ClientConfig, Reply};
 use super::connection::Connection;
-use super::error::{retry_policy, ClientError, Retry};
+use super::error::ClientError;
 use super::plan::{FrameSpec, Op, Plan};
 use super::router::Router;
-use crate::native::{RequestRef, Response, Topology};
+use crate::native::{RequestRef, Response};
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -187,41 +187,8 @@ impl Client {
             conns: Vec::new(),
             stale: true,
         };
-        let mut retry = 0;
-        loop {
-            match client.refresh_topology() {
-                Ok(()) => return Ok(client),
-                Err(err) if retry < client.config.max_retries && retry_policy(&err) != Retry::No => {
-                    std::thread::sleep(client.config.retry_backoff.delay(retry));
-                    retry += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    pub fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
-    /// The topology in use (fetched again first if a failure made it stale).
-    pub fn topology(&mut self) -> Result<Topology, ClientError> {
-        self.ensure_router()?;
-        match &self.router {
-            Some(router) => Ok(router.topology().clone()),
-            None => Err(ClientError::Topology("no topology".into())),
-        }
-    }
-
-    /// Fetches the topology from the seed now; connections are kept if it did not change.
-    pub fn refresh_topology(&mut self) -> Result<(), ClientError> {
-        let router = self.fetch_router()?;
-        if self.router.as_ref() != Some(&router) {
-            self.conns = (0..router.shard_count()).map(|_| None).collect();
-            self.router = Some(router);
-        }
-        self.stale = false;
-        Ok(())
+        client.fetch_first_topology()?;
+        Ok(client)
     }
 
     fn fetch_router(&self) -> Result<Router, ClientError> {
@@ -240,13 +207,6 @@ impl Client {
                 reason: "the seed did not answer TOPOLOGY".into(),
             }),
         }
-    }
-
-    fn ensure_router(&mut self) -> Result<(), ClientError> {
-        if self.stale || self.router.is_none() {
-            self.refresh_topology()?;
-        }
-        Ok(())
     }
 
     /// Drops connections the server closed while they were idle; any such loss makes the

@@ -219,6 +219,55 @@ pub(crate) use expect_reply;
 /// (`run`): the blocking client and the RDMA client share them, word for word.
 macro_rules! blocking_operations {
     () => {
+        pub fn config(&self) -> &$crate::client::ClientConfig {
+            &self.config
+        }
+
+        /// The topology in use (fetched again first if a failure made it stale).
+        pub fn topology(&mut self) -> ::std::result::Result<$crate::client::Topology, $crate::client::ClientError> {
+            self.ensure_router()?;
+            match &self.router {
+                Some(router) => Ok(router.topology().clone()),
+                None => Err($crate::client::ClientError::Topology("no topology".into())),
+            }
+        }
+
+        /// Fetches the topology from the seed now; connections are kept if it did not change.
+        pub fn refresh_topology(&mut self) -> ::std::result::Result<(), $crate::client::ClientError> {
+            let router = self.fetch_router()?;
+            if self.router.as_ref() != Some(&router) {
+                self.conns = (0..router.shard_count()).map(|_| None).collect();
+                self.router = Some(router);
+            }
+            self.stale = false;
+            Ok(())
+        }
+
+        fn ensure_router(&mut self) -> ::std::result::Result<(), $crate::client::ClientError> {
+            if self.stale || self.router.is_none() {
+                self.refresh_topology()?;
+            }
+            Ok(())
+        }
+
+        /// `connect`'s first topology fetch, retried per the policy.
+        fn fetch_first_topology(&mut self) -> ::std::result::Result<(), $crate::client::ClientError> {
+            let mut retry = 0;
+            loop {
+                match self.refresh_topology() {
+                    Ok(()) => return Ok(()),
+                    Err(err)
+                        if retry < self.config.max_retries
+                            && $crate::client::error::retry_policy(&err) != $crate::client::error::Retry::No =>
+                    {
+                        ::std::thread::sleep(self.config.retry_backoff.delay(retry));
+                        retry += 1;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+
         /// Sends every operation of `pipeline` (to whichever shards they go) and returns their
         /// results in submission order. Each operation is retried on its own.
         pub fn execute(&mut self, pipeline: &$crate::client::Pipeline) -> Vec<::std::result::Result<$crate::client::Reply, $crate::client::ClientError>> {

@@ -40,10 +40,10 @@ use corekv_rdma::soft::{SoftMr, SoftPd};
 
 use super::config::{ClientConfig, Reply};
 use super::connection::Connection;
-use super::error::{retry_policy, ClientError, Retry};
+use super::error::ClientError;
 use super::plan::{FrameSpec, Op, Plan};
 use super::router::Router;
-use crate::native::{RequestRef, Response, Topology};
+use crate::native::{RequestRef, Response};
 
 /// The scheme of an RDMA seed.
 pub const SCHEME: &str = "rdma://";
@@ -521,41 +521,8 @@ impl Client {
             // Epochs only grow: a reconnection is always newer than what the shard saw last.
             next_epoch: epoch,
         };
-        let mut retry = 0;
-        loop {
-            match client.refresh_topology() {
-                Ok(()) => return Ok(client),
-                Err(err) if retry < client.config.max_retries && retry_policy(&err) != Retry::No => {
-                    std::thread::sleep(client.config.retry_backoff.delay(retry));
-                    retry += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    pub fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
-    /// The topology in use: every shard's RDMA endpoint.
-    pub fn topology(&mut self) -> Result<Topology, ClientError> {
-        self.ensure_router()?;
-        match &self.router {
-            Some(router) => Ok(router.topology().clone()),
-            None => Err(ClientError::Topology("no topology".into())),
-        }
-    }
-
-    /// Fetches the topology from the seed now; sessions are kept if it did not change.
-    pub fn refresh_topology(&mut self) -> Result<(), ClientError> {
-        let router = self.fetch_router()?;
-        if self.router.as_ref() != Some(&router) {
-            self.conns = (0..router.shard_count()).map(|_| None).collect();
-            self.router = Some(router);
-        }
-        self.stale = false;
-        Ok(())
+        client.fetch_first_topology()?;
+        Ok(client)
     }
 
     fn open(&mut self, addr: &str) -> Result<ShardConn, ClientError> {
@@ -582,13 +549,6 @@ impl Client {
             Some((_, result)) => Router::from_response(result?),
             None => Err(disconnected("the seed did not answer TOPOLOGY")),
         }
-    }
-
-    fn ensure_router(&mut self) -> Result<(), ClientError> {
-        if self.stale || self.router.is_none() {
-            self.refresh_topology()?;
-        }
-        Ok(())
     }
 
     /// Drops sessions that failed while idle (the node went away); the topology is stale then.

@@ -519,6 +519,15 @@ impl Session {
             let Some(block) = job.frames.take() else {
                 continue;
             };
+            // A stopping shard stops its log writer once its connections are gone, and RDMA
+            // sessions are not among them: run nothing more then, so that no write is journaled
+            // after the log's final sync. No await separates this check from the execution.
+            if self.rdma.shard.node.is_shutting_down() {
+                self.rdma.pool.borrow_mut().free(block)?;
+                job.status = Some(Status::Refused);
+                close = true;
+                continue;
+            }
             let mut input = BytesMut::zeroed(block.len());
             {
                 let mut pool = self.rdma.pool.borrow_mut();

@@ -67,9 +67,9 @@ pub struct Cli {
     /// Do not pin shard threads to cores (pinning happens only when shards <= cores anyway).
     #[arg(long)]
     pub no_pin: bool,
-    /// After answering, a connection tries non-blocking reads for this long before it sleeps:
-    /// lower latency for one-request-at-a-time clients, for up to that much CPU per response
-    /// (e.g. 30us; 0 = off, at most 1ms) [default: 0].
+    /// After answering, a connection tries non-blocking reads for this long before it sleeps,
+    /// while its shard serves at most 4 connections: lower latency for one-request-at-a-time
+    /// clients, for up to that much CPU per response (e.g. 30us; 0 = off, at most 1ms) [default: 0].
     #[arg(long, value_name = "DURATION")]
     pub busy_poll: Option<String>,
     /// When a write is acknowledged: always (after its log record is on disk), periodic (at once;

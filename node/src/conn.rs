@@ -96,7 +96,8 @@ impl Connection {
     /// Serves the connection until the client leaves, an error occurs, or the node stops.
     pub async fn run(&mut self, stream: &mut TcpStream) {
         loop {
-            match self.reader.read(stream, &mut self.rbuf).await {
+            let connections = self.shard.clients.borrow().len();
+            match self.reader.read(stream, &mut self.rbuf, connections).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }

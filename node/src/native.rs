@@ -88,7 +88,8 @@ struct NativeConnection {
 impl NativeConnection {
     async fn run(&mut self, stream: &mut TcpStream) {
         loop {
-            match self.reader.read(stream, &mut self.rbuf).await {
+            let connections = self.shard.clients.borrow().len();
+            match self.reader.read(stream, &mut self.rbuf, connections).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }

@@ -215,10 +215,113 @@ macro_rules! expect_reply {
 }
 pub(crate) use expect_reply;
 
-/// The operations of a client whose requests complete one at a time (`one`) or as a pipeline
-/// (`run`): the blocking client and the RDMA client share them, word for word.
+/// What the blocking client and the RDMA client share word for word: the rounds that route a
+/// [`Plan`](plan::Plan) over one connection per shard (`run`, `one`), the topology, and the
+/// operations. The client type provides `ShardConn` (with `conn`, `flush`, `read_some`,
+/// `finish`), `open_shard`, `fetch_router`, `drop_dead_connections`, and the fields `config`,
+/// `router`, `conns`, `stale`; the module provides `Event`, `FLUSH_AT`, `Plan`, `FrameSpec`.
 macro_rules! blocking_operations {
     () => {
+        fn run_round<K: AsRef<[u8]>>(&mut self, plan: &mut Plan<K>) {
+            self.drop_dead_connections();
+            if let Err(err) = self.ensure_router() {
+                return plan.fail_round(&err);
+            }
+            let Some(router) = &self.router else {
+                return plan.fail_round(&ClientError::Topology("no topology".into()));
+            };
+            let frames = plan.frames(router);
+            let endpoints = router.endpoints().to_vec();
+            let mut broken: Vec<Option<ClientError>> = vec![None; endpoints.len()];
+            let mut events: Vec<Event> = Vec::new();
+            let apply = |plan: &mut Plan<K>, events: &mut Vec<Event>, frames: &[FrameSpec]| {
+                for (token, result) in events.drain(..) {
+                    plan.complete(&frames[token], result);
+                }
+            };
+            for (index, frame) in frames.iter().enumerate() {
+                let shard = frame.shard as usize;
+                if let Some(err) = broken.get(shard).and_then(Option::as_ref) {
+                    let not_sent = ClientError::Disconnected {
+                        outcome_unknown: false,
+                        reason: format!("not sent: {err}"),
+                    };
+                    plan.complete(frame, Err(not_sent));
+                    continue;
+                }
+                if self.conns[shard].is_none() {
+                    match self.open_shard(&endpoints[shard]) {
+                        Ok(conn) => self.conns[shard] = Some(conn),
+                        Err(err) => {
+                            broken[shard] = Some(err.clone());
+                            self.stale = true;
+                            plan.complete(frame, Err(err));
+                            continue;
+                        }
+                    }
+                }
+                let Some(conn) = self.conns[shard].as_mut() else {
+                    continue;
+                };
+                plan.encode(
+                    frame,
+                    &mut conn.conn,
+                    index,
+                    Instant::now() + self.config.request_timeout,
+                );
+                while conn.conn.must_read_before_write() && !conn.conn.is_failed() {
+                    conn.read_some(&mut events);
+                }
+                if conn.conn.output_len() >= FLUSH_AT {
+                    conn.flush(&mut events);
+                }
+                apply(plan, &mut events, &frames);
+                if let Some(err) = conn.conn.failure() {
+                    broken[shard] = Some(err.clone());
+                    self.conns[shard] = None;
+                    self.stale = true;
+                }
+            }
+            // Every shard's requests go out before any shard is waited for.
+            for conn in self.conns.iter_mut().flatten() {
+                conn.flush(&mut events);
+            }
+            apply(plan, &mut events, &frames);
+            for slot in &mut self.conns {
+                if let Some(conn) = slot {
+                    conn.finish(&mut events);
+                    apply(plan, &mut events, &frames);
+                    if conn.conn.is_failed() {
+                        *slot = None;
+                        self.stale = true;
+                    }
+                }
+            }
+        }
+
+        fn run<K: AsRef<[u8]>>(&mut self, ops: Vec<Op<K>>) -> Vec<Result<Reply, ClientError>> {
+            let mut plan = Plan::new(ops);
+            loop {
+                self.run_round(&mut plan);
+                match plan.next_round(self.config.max_retries) {
+                    None => return plan.into_results(),
+                    Some(refresh) => {
+                        self.stale |= refresh;
+                        std::thread::sleep(self.config.retry_backoff.delay(plan.retries().saturating_sub(1)));
+                    }
+                }
+            }
+        }
+
+        fn one<K: AsRef<[u8]>>(&mut self, op: Op<K>) -> Result<Reply, ClientError> {
+            self.run(vec![op]).pop().unwrap_or_else(|| {
+                Err(ClientError::Disconnected {
+                    outcome_unknown: false,
+                    reason: "no result (client bug)".into(),
+                })
+            })
+        }
+
         pub fn config(&self) -> &$crate::client::ClientConfig {
             &self.config
         }

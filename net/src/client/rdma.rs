@@ -525,7 +525,7 @@ impl Client {
         Ok(client)
     }
 
-    fn open(&mut self, addr: &str) -> Result<ShardConn, ClientError> {
+    fn open_shard(&mut self, addr: &str) -> Result<ShardConn, ClientError> {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let session = RdmaStream::open(addr, &self.config, &self.options, self.node_id, epoch)?;
@@ -537,7 +537,7 @@ impl Client {
 
     fn fetch_router(&mut self) -> Result<Router, ClientError> {
         let seed_addr = self.seed.clone();
-        let mut seed = self.open(&seed_addr)?;
+        let mut seed = self.open_shard(&seed_addr)?;
         let deadline = Instant::now() + self.config.request_timeout;
         seed.conn.send(RequestRef::Topology, 0, deadline);
         let mut events = Vec::new();
@@ -552,7 +552,7 @@ impl Client {
     }
 
     /// Drops sessions that failed while idle (the node went away); the topology is stale then.
-    fn drop_dead_sessions(&mut self) {
+    fn drop_dead_connections(&mut self) {
         for slot in &mut self.conns {
             if slot
                 .as_mut()
@@ -562,99 +562,6 @@ impl Client {
                 self.stale = true;
             }
         }
-    }
-
-    fn run_round<K: AsRef<[u8]>>(&mut self, plan: &mut Plan<K>) {
-        self.drop_dead_sessions();
-        if let Err(err) = self.ensure_router() {
-            return plan.fail_round(&err);
-        }
-        let Some(router) = &self.router else {
-            return plan.fail_round(&ClientError::Topology("no topology".into()));
-        };
-        let frames = plan.frames(router);
-        let endpoints = router.endpoints().to_vec();
-        let mut broken: Vec<Option<ClientError>> = vec![None; endpoints.len()];
-        let mut events: Vec<Event> = Vec::new();
-        let apply = |plan: &mut Plan<K>, events: &mut Vec<Event>, frames: &[FrameSpec]| {
-            for (token, result) in events.drain(..) {
-                plan.complete(&frames[token], result);
-            }
-        };
-        for (index, frame) in frames.iter().enumerate() {
-            let shard = frame.shard as usize;
-            if let Some(err) = broken.get(shard).and_then(Option::as_ref) {
-                plan.complete(frame, Err(disconnected(format!("not sent: {err}"))));
-                continue;
-            }
-            if self.conns[shard].is_none() {
-                match self.open(&endpoints[shard]) {
-                    Ok(conn) => self.conns[shard] = Some(conn),
-                    Err(err) => {
-                        broken[shard] = Some(err.clone());
-                        self.stale = true;
-                        plan.complete(frame, Err(err));
-                        continue;
-                    }
-                }
-            }
-            let Some(conn) = self.conns[shard].as_mut() else {
-                continue;
-            };
-            plan.encode(
-                frame,
-                &mut conn.conn,
-                index,
-                Instant::now() + self.config.request_timeout,
-            );
-            while conn.conn.must_read_before_write() && !conn.conn.is_failed() {
-                conn.read_some(&mut events);
-            }
-            if conn.conn.output_len() >= FLUSH_AT {
-                conn.flush(&mut events);
-            }
-            apply(plan, &mut events, &frames);
-            if let Some(err) = conn.conn.failure() {
-                broken[shard] = Some(err.clone());
-                self.conns[shard] = None;
-                self.stale = true;
-            }
-        }
-        // Every shard's requests go out before any shard is waited for.
-        for conn in self.conns.iter_mut().flatten() {
-            conn.flush(&mut events);
-        }
-        apply(plan, &mut events, &frames);
-        for slot in &mut self.conns {
-            if let Some(conn) = slot {
-                conn.finish(&mut events);
-                apply(plan, &mut events, &frames);
-                if conn.conn.is_failed() {
-                    *slot = None;
-                    self.stale = true;
-                }
-            }
-        }
-    }
-
-    fn run<K: AsRef<[u8]>>(&mut self, ops: Vec<Op<K>>) -> Vec<Result<Reply, ClientError>> {
-        let mut plan = Plan::new(ops);
-        loop {
-            self.run_round(&mut plan);
-            match plan.next_round(self.config.max_retries) {
-                None => return plan.into_results(),
-                Some(refresh) => {
-                    self.stale |= refresh;
-                    std::thread::sleep(self.config.retry_backoff.delay(plan.retries().saturating_sub(1)));
-                }
-            }
-        }
-    }
-
-    fn one<K: AsRef<[u8]>>(&mut self, op: Op<K>) -> Result<Reply, ClientError> {
-        self.run(vec![op])
-            .pop()
-            .unwrap_or_else(|| Err(disconnected("no result (client bug)")))
     }
 
     super::blocking_operations!();

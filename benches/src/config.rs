@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use corekv_net::client::rdma::RdmaProvider;
+#[cfg(feature = "rdma-verbs")]
+use corekv_net::client::rdma::VerbsConfig;
 use serde::Serialize;
 
 use crate::target::Target;
@@ -18,7 +21,8 @@ use crate::target::Target;
 pub struct Cli {
     /// Server to load: resp://HOST:PORT (any RESP server), native://HOST:PORT (a corekv node's
     /// native port: any shard's port serves as the seed) or rdma://HOST:PORT (the native protocol
-    /// over RDMA, a node started with --rdma soft: any shard's --rdma-port serves as the seed).
+    /// over RDMA, a node started with --rdma soft or verbs, see --rdma-provider: any shard's
+    /// --rdma-port serves as the seed).
     #[arg(long, value_parser = Target::parse)]
     pub target: Target,
     /// Second server, run alternately with --target (same workload); ratios are printed as
@@ -93,6 +97,21 @@ pub struct Cli {
     /// timer: a send may be up to 1 ms late, and that delay counts as latency).
     #[arg(long, value_enum, default_value_t = Pacing::Timer)]
     pub pacing: Pacing,
+
+    /// The RDMA provider of rdma:// sessions, the node's --rdma: soft (the software provider) or
+    /// verbs (libibverbs on an RDMA device; needs corekv-bench built with the cargo feature
+    /// rdma-verbs).
+    #[arg(long, value_enum, default_value_t = RdmaProviderKind::Soft)]
+    pub rdma_provider: RdmaProviderKind,
+    /// --rdma-provider verbs: the RDMA device, as ibv_devices names it (default: the first one).
+    #[arg(long, value_name = "NAME")]
+    pub rdma_device: Option<String>,
+    /// --rdma-provider verbs: the device's port, from 1 [default: 1].
+    #[arg(long, value_name = "N")]
+    pub rdma_ib_port: Option<u8>,
+    /// --rdma-provider verbs: the GID index (RoCE v2 addresses are usually at 1 or 3) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub rdma_gid_index: Option<u8>,
 
     /// Write the report as JSON (schema corekv-bench/1) to FILE, or to stdout with "-".
     #[arg(long, value_name = "FILE")]
@@ -194,6 +213,18 @@ pub enum Pacing {
     Sleep,
 }
 
+/// The RDMA provider named by `--rdma-provider`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RdmaProviderKind {
+    Soft,
+    Verbs,
+}
+
+/// Why `--rdma-provider verbs` is refused by a build without the verbs provider.
+#[cfg(not(feature = "rdma-verbs"))]
+pub const VERBS_UNAVAILABLE: &str = "--rdma-provider verbs: this corekv-bench was built without the verbs provider; \
+     rebuild it with the cargo feature rdma-verbs (cargo build --release -p corekv-benches --features rdma-verbs)";
+
 /// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a bare number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -252,6 +283,8 @@ pub struct LoadConfig {
     pub pacing: Pacing,
     /// Publish live counters for the progress line.
     pub progress: bool,
+    /// The provider of rdma:// sessions.
+    pub rdma_provider: RdmaProvider,
 }
 
 impl LoadConfig {
@@ -303,6 +336,7 @@ impl Cli {
             return Err("--rounds must be at least 1".into());
         }
         let progress = !self.no_progress && (self.progress || stderr_is_terminal);
+        let rdma_provider = self.rdma_provider()?;
         Ok(Settings {
             target_name: self.target_name.clone().unwrap_or_else(|| self.target.to_string()),
             target: self.target.clone(),
@@ -330,11 +364,39 @@ impl Cli {
                 rate: self.rate,
                 pacing: self.pacing,
                 progress,
+                rdma_provider,
             },
             prefill: self.prefill,
             json: self.json.clone(),
             plot: self.plot.clone(),
         })
+    }
+
+    /// The provider `--rdma-provider` and the verbs flags describe.
+    fn rdma_provider(&self) -> Result<RdmaProvider, String> {
+        let verbs_flags = self.rdma_device.is_some() || self.rdma_ib_port.is_some() || self.rdma_gid_index.is_some();
+        match self.rdma_provider {
+            RdmaProviderKind::Soft if verbs_flags => {
+                Err("--rdma-device, --rdma-ib-port and --rdma-gid-index apply to --rdma-provider verbs only".into())
+            }
+            RdmaProviderKind::Soft => Ok(RdmaProvider::Soft),
+            #[cfg(not(feature = "rdma-verbs"))]
+            RdmaProviderKind::Verbs => Err(VERBS_UNAVAILABLE.into()),
+            #[cfg(feature = "rdma-verbs")]
+            RdmaProviderKind::Verbs => {
+                let defaults = VerbsConfig::default();
+                let port = self.rdma_ib_port.unwrap_or(defaults.port);
+                if port == 0 {
+                    return Err("--rdma-ib-port must be at least 1 (device ports count from 1)".into());
+                }
+                Ok(RdmaProvider::Verbs(VerbsConfig {
+                    device: self.rdma_device.clone(),
+                    port,
+                    gid_index: self.rdma_gid_index.unwrap_or(defaults.gid_index),
+                    ..defaults
+                }))
+            }
+        }
     }
 }
 
@@ -368,5 +430,56 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let base = ["corekv-bench", "--target", "rdma://127.0.0.1:7680"];
+        Cli::try_parse_from(base.iter().chain(args)).expect("the arguments parse")
+    }
+
+    #[test]
+    fn the_rdma_provider_defaults_to_soft() {
+        let settings = cli(&[]).settings(false).unwrap();
+        assert_eq!(settings.load.rdma_provider, RdmaProvider::Soft);
+        let err = cli(&["--rdma-device", "mlx5_0"]).settings(false).unwrap_err();
+        assert!(err.contains("--rdma-provider verbs"), "{err}");
+        assert!(Cli::try_parse_from(["corekv-bench", "--target", "rdma://h:1", "--rdma-provider", "ib"]).is_err());
+    }
+
+    #[cfg(not(feature = "rdma-verbs"))]
+    #[test]
+    fn verbs_needs_the_rdma_verbs_feature() {
+        let err = cli(&["--rdma-provider", "verbs"]).settings(false).unwrap_err();
+        assert_eq!(err, VERBS_UNAVAILABLE);
+        assert!(err.contains("cargo feature rdma-verbs"), "{err}");
+    }
+
+    #[cfg(feature = "rdma-verbs")]
+    #[test]
+    fn verbs_flags_fill_the_verbs_config() {
+        let settings = cli(&["--rdma-provider", "verbs"]).settings(false).unwrap();
+        assert_eq!(settings.load.rdma_provider, RdmaProvider::Verbs(VerbsConfig::default()));
+        let args = [
+            "--rdma-provider",
+            "verbs",
+            "--rdma-device",
+            "mlx5_1",
+            "--rdma-ib-port",
+            "2",
+            "--rdma-gid-index",
+            "3",
+        ];
+        let settings = cli(&args).settings(false).unwrap();
+        let RdmaProvider::Verbs(config) = settings.load.rdma_provider else {
+            panic!("not verbs: {:?}", settings.load.rdma_provider);
+        };
+        assert_eq!(
+            (config.device.as_deref(), config.port, config.gid_index),
+            (Some("mlx5_1"), 2, 3)
+        );
+        let err = cli(&["--rdma-provider", "verbs", "--rdma-ib-port", "0"])
+            .settings(false)
+            .unwrap_err();
+        assert!(err.contains("--rdma-ib-port"), "{err}");
     }
 }

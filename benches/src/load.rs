@@ -102,7 +102,7 @@ pub fn run_round(
     load: &LoadConfig,
     live: Option<Arc<Live>>,
 ) -> Result<RoundResult, String> {
-    let endpoints = current_thread_runtime()?.block_on(target::endpoints(target))?;
+    let endpoints = current_thread_runtime()?.block_on(target::endpoints(target, &load.rdma_provider))?;
     let threads = match target.protocol {
         // A blocking RDMA session needs a thread of its own: one thread per connection.
         Protocol::Rdma => load.connections,

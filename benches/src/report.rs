@@ -381,7 +381,11 @@ pub fn describe(settings: &Settings) -> String {
         .chain(settings.compare.as_ref().map(|(target, _)| target))
         .any(|target| target.protocol == Protocol::Rdma);
     let threads = if rdma {
-        format!("{} thread(s) (rdma: one per connection)", l.threads)
+        format!(
+            "{} thread(s) (rdma {}: one per connection)",
+            l.threads,
+            l.rdma_provider.name()
+        )
     } else {
         format!("{} thread(s)", l.threads)
     };

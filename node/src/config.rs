@@ -99,6 +99,13 @@ pub struct Cli {
     /// The RDMA device to use with verbs (as `ibv_devices` lists it) [default: the first device].
     #[arg(long, value_name = "NAME")]
     pub rdma_device: Option<String>,
+    /// The device's port to use with verbs, from 1 (`ibv_devinfo` lists them) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub rdma_ib_port: Option<u8>,
+    /// The GID index to use with verbs: on RoCE v2 the IPv4-mapped address is usually at 1 or 3
+    /// (`show_gids` lists them) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub rdma_gid_index: Option<u8>,
     /// First RDMA handshake port: shard i listens on rdma-port + i; 0 gives every shard a free port
     /// [default: 7680, or 0 when --port is 0].
     #[arg(long, value_name = "PORT")]
@@ -130,6 +137,8 @@ pub struct FileConfig {
     pub rewrite_percentage: Option<u64>,
     pub rdma: Option<String>,
     pub rdma_device: Option<String>,
+    pub rdma_ib_port: Option<u8>,
+    pub rdma_gid_index: Option<u8>,
     pub rdma_port: Option<u16>,
     pub rdma_pool: Option<toml::Value>,
 }
@@ -179,7 +188,12 @@ impl RdmaProvider {
 #[derive(Clone, Debug)]
 pub struct RdmaConfig {
     pub provider: RdmaProvider,
+    /// The verbs device (`None`: the first one).
     pub device: Option<String>,
+    /// The verbs device's port, from 1.
+    pub ib_port: u8,
+    /// The verbs GID index.
+    pub gid_index: u8,
     /// First handshake port (shard i on `port + i`); 0 = a free port per shard.
     pub port: u16,
     /// Each shard's registered pool.
@@ -240,15 +254,19 @@ impl Config {
             None => FileConfig::default(),
         };
         let persistence = resolve_persistence(&cli_persist(&cli), &file)?;
-        let rdma_flags = (
-            cli.rdma.clone(),
-            cli.rdma_device.clone(),
-            cli.rdma_port,
-            cli.rdma_pool.clone(),
-        );
+        let rdma_flags = RdmaFlags {
+            rdma: cli.rdma.clone(),
+            device: cli.rdma_device.clone(),
+            ib_port: cli.rdma_ib_port,
+            gid_index: cli.rdma_gid_index,
+            port: cli.rdma_port,
+            pool: cli.rdma_pool.clone(),
+        };
         let rdma_file = RdmaFile {
             rdma: file.rdma.clone(),
             rdma_device: file.rdma_device.clone(),
+            rdma_ib_port: file.rdma_ib_port,
+            rdma_gid_index: file.rdma_gid_index,
             rdma_port: file.rdma_port,
             rdma_pool: file.rdma_pool.clone(),
         };
@@ -351,18 +369,35 @@ impl Config {
     }
 }
 
-type RdmaFlags = (Option<String>, Option<String>, Option<u16>, Option<String>);
+/// The RDMA flags given on the command line (taken before `cli` is consumed).
+struct RdmaFlags {
+    rdma: Option<String>,
+    device: Option<String>,
+    ib_port: Option<u8>,
+    gid_index: Option<u8>,
+    port: Option<u16>,
+    pool: Option<String>,
+}
 
 /// The RDMA keys of the file (taken before `file` is consumed).
 struct RdmaFile {
     rdma: Option<String>,
     rdma_device: Option<String>,
+    rdma_ib_port: Option<u8>,
+    rdma_gid_index: Option<u8>,
     rdma_port: Option<u16>,
     rdma_pool: Option<toml::Value>,
 }
 
 fn resolve_rdma(flags: RdmaFlags, file: &RdmaFile, port: u16, shards: usize) -> Result<RdmaConfig, ConfigError> {
-    let (provider, device, rdma_port, pool) = flags;
+    let RdmaFlags {
+        rdma: provider,
+        device,
+        ib_port,
+        gid_index,
+        port: rdma_port,
+        pool,
+    } = flags;
     let provider = match provider.or_else(|| file.rdma.clone()) {
         None => RdmaProvider::Off,
         Some(text) => match text.to_ascii_lowercase().as_str() {
@@ -395,9 +430,19 @@ fn resolve_rdma(flags: RdmaFlags, file: &RdmaFile, port: u16, shards: usize) -> 
             reason: "must be between 4mb and 4gb",
         });
     }
+    let ib_port = ib_port.or(file.rdma_ib_port).unwrap_or(1);
+    if ib_port == 0 {
+        return Err(ConfigError::Invalid {
+            setting: "rdma-ib-port",
+            value: ib_port.to_string(),
+            reason: "device ports are numbered from 1",
+        });
+    }
     Ok(RdmaConfig {
         provider,
         device: device.or_else(|| file.rdma_device.clone()),
+        ib_port,
+        gid_index: gid_index.or(file.rdma_gid_index).unwrap_or(0),
         port: rdma_port,
         pool_bytes,
     })
@@ -676,11 +721,16 @@ mod tests {
         assert_eq!(config.rdma.port, 0, "free ports like the native ones with --port 0");
         assert_eq!(config.rdma.pool_bytes, 16 << 20);
         assert_eq!(config.rdma.device.as_deref(), Some("mlx5_0"));
+        assert_eq!((config.rdma.ib_port, config.rdma.gid_index), (1, 0), "the defaults");
 
         let dir = std::env::temp_dir().join(format!("corekv-rdma-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node.toml");
-        std::fs::write(&path, "rdma = \"verbs\"\nrdma-port = 9000\nrdma-pool = 8388608\n").unwrap();
+        std::fs::write(
+            &path,
+            "rdma = \"verbs\"\nrdma-port = 9000\nrdma-pool = 8388608\nrdma-ib-port = 2\nrdma-gid-index = 3\n",
+        )
+        .unwrap();
         let config = Config::resolve(Cli {
             config: Some(path.clone()),
             ..Cli::default()
@@ -688,6 +738,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.rdma.provider, RdmaProvider::Verbs);
         assert_eq!((config.rdma.port, config.rdma.pool_bytes), (9000, 8 << 20));
+        assert_eq!((config.rdma.ib_port, config.rdma.gid_index), (2, 3));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -715,6 +766,13 @@ mod tests {
                     ..Cli::default()
                 },
                 "invalid rdma-port '65535'",
+            ),
+            (
+                Cli {
+                    rdma_ib_port: Some(0),
+                    ..Cli::default()
+                },
+                "invalid rdma-ib-port '0'",
             ),
         ] {
             let err = Config::resolve(cli).unwrap_err();

@@ -224,6 +224,8 @@ fn section_text(out: &mut String, section: &str, node: &NodeShared, settings: &S
             line("# Rdma", &"");
             line("rdma_provider", &rdma.provider.name());
             line("rdma_device", &node.config.rdma.device.as_deref().unwrap_or("(first)"));
+            line("rdma_ib_port", &node.config.rdma.ib_port);
+            line("rdma_gid_index", &node.config.rdma.gid_index);
             line("rdma_ports", &crate::node::native_port_list(&rdma.ports));
             line("rdma_pool_bytes_per_shard", &node.config.rdma.pool_bytes);
             let sum = |f: fn(&crate::rdma_serve::RdmaShardStats) -> &std::sync::atomic::AtomicU64| {

@@ -541,8 +541,8 @@ async fn shard_main(
     };
     let rdma = match listener_fds.rdma {
         None => None,
-        Some(fd) => match crate::rdma_serve::ShardRdma::new(&shard) {
-            Ok(rdma) => Some(glommio::spawn_local(rdma.accept_loop(fd))),
+        Some(fd) => match crate::rdma_serve::start(&shard, fd) {
+            Ok(rdma) => Some(rdma),
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -556,15 +556,26 @@ async fn shard_main(
     });
     accept_loop(listener, &shard, crate::conn::serve).await;
     native_accepts.await;
-    if let Some(rdma_accepts) = rdma {
-        rdma_accepts.await;
-    }
-    // Graceful stop: idle connections see end-of-file now; busy ones finish their batch first.
-    // Every shard keeps serving its peers until all connections of the node are gone, so a
-    // request in flight on another shard can still reach this one.
-    shard.close_all_clients();
-    while node.connected_clients.load(Ordering::Acquire) > 0 {
+    let rdma_sessions = match rdma {
+        Some(rdma) => {
+            rdma.accepts.await;
+            Some(rdma.sessions)
+        }
+        None => None,
+    };
+    // Graceful stop: idle connections see end-of-file now, idle RDMA sessions are woken to end;
+    // busy ones finish their batch first. Every shard keeps serving its peers until all
+    // connections of the node are gone, so a request in flight on another shard can still reach
+    // this one.
+    let close_all = || {
         shard.close_all_clients();
+        if let Some(sessions) = &rdma_sessions {
+            sessions.stop_all();
+        }
+    };
+    close_all();
+    while node.connected_clients.load(Ordering::Acquire) > 0 {
+        close_all();
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if let Some(persist) = &shard.persist {

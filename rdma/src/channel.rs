@@ -328,6 +328,11 @@ impl<Q: QueuePair, C: CompletionQueue> ControlChannel<Q, C> {
         Ok(())
     }
 
+    /// The settings it was built with (its `credits` are the most it proposes or grants).
+    pub fn config(&self) -> &ChannelConfig {
+        &self.config
+    }
+
     /// The queue pair (to connect it: `to_rtr`, `to_rts`).
     pub fn qp(&self) -> &Q {
         &self.qp

@@ -45,8 +45,9 @@ use std::net::TcpStream;
 use thiserror::Error;
 
 use crate::channel::{ChannelConfig, ChannelError, ControlChannel};
-use crate::provider::{ProtectionDomain, QpCaps, QueuePair};
-use crate::soft::{SoftCq, SoftLink, SoftPd, SoftQp};
+use crate::handshake::{Handshake, Mtu, RegionDesc, VERSION};
+use crate::provider::{MemoryRegion, ProtectionDomain, QpCaps, QueuePair};
+use crate::soft::{SoftLink, SoftPd};
 
 /// The first four bytes of a data connection: "CKVD" read as little-endian.
 pub const DATA_MAGIC: u32 = u32::from_le_bytes(*b"CKVD");
@@ -267,31 +268,162 @@ impl RpcMsg {
     }
 }
 
-/// One end of a session over the soft provider: the control channel and the data queue pair with
-/// its completion queue (all data transfers are signaled, so they complete there in order).
-pub struct SoftEndpoint {
-    /// The control channel.
-    pub chan: ControlChannel<SoftQp, SoftCq>,
-    /// The data queue pair (RDMA Read and Write only; nothing posts receives on it).
-    pub data_qp: SoftQp,
-    /// Its completion queue.
-    pub data_cq: SoftCq,
+/// This end's addressing, announced in its handshake and attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddress {
+    /// The port's GID (zero for the soft provider).
+    pub gid: [u8; 16],
+    /// The port's LID (InfiniBand; zero on RoCE and for the soft provider).
+    pub lid: u16,
+    /// The largest path MTU this end supports.
+    pub mtu: Mtu,
 }
 
-impl std::fmt::Debug for SoftEndpoint {
+/// What one end learned of the other's queue pairs during the set-up exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerQueuePairs {
+    /// The peer's handshake: its control queue pair, PSN, GID, LID and MTU.
+    pub handshake: Handshake,
+    /// The peer's attach: its data queue pair and PSN.
+    pub data: Attach,
+}
+
+/// A provider that can carry sessions: how it names this end in the set-up exchange and how it
+/// turns what the exchange taught into the [`QueuePair::Remote`]s its queue pairs connect to.
+///
+/// The set-up always runs over two TCP connections (control and data). A provider whose queue
+/// pairs carry their traffic over those very connections ([`Self::LINKS_OVER_SETUP`], the soft
+/// provider) takes them over: the caller must not read or write them afterwards. Otherwise (verbs)
+/// the connections are only how addresses travel; the caller keeps the control connection open
+/// and treats its end-of-file as the peer's death, which a queue pair with nothing outstanding
+/// would never report.
+pub trait SessionProvider: ProtectionDomain {
+    /// Whether the queue pairs' traffic runs over the set-up connections.
+    const LINKS_OVER_SETUP: bool;
+
+    /// This end's addressing.
+    fn local_address(&self) -> LocalAddress;
+
+    /// The remotes for the control and the data queue pair. `control` and `data` are (duplicates
+    /// of) the set-up connections, in blocking mode.
+    fn remotes(
+        &self,
+        peer: &PeerQueuePairs,
+        local: &Endpoint<Self>,
+        control: TcpStream,
+        data: TcpStream,
+    ) -> Result<(RemoteOf<Self>, RemoteOf<Self>), ChannelError>
+    where
+        Self: Sized;
+}
+
+/// What a provider's queue pairs connect to.
+pub type RemoteOf<P> = <<P as ProtectionDomain>::Qp as QueuePair>::Remote;
+
+impl SessionProvider for SoftPd {
+    const LINKS_OVER_SETUP: bool = true;
+
+    fn local_address(&self) -> LocalAddress {
+        LocalAddress {
+            gid: [0; 16],
+            lid: 0,
+            mtu: Mtu::Mtu4096,
+        }
+    }
+
+    fn remotes(
+        &self,
+        _peer: &PeerQueuePairs,
+        _local: &Endpoint<Self>,
+        control: TcpStream,
+        data: TcpStream,
+    ) -> Result<(SoftLink, SoftLink), ChannelError> {
+        for stream in [&control, &data] {
+            stream
+                .set_nonblocking(false)
+                .map_err(|e| ChannelError::Config(format!("blocking mode for a link: {e}")))?;
+        }
+        Ok((SoftLink::tcp(control), SoftLink::tcp(data)))
+    }
+}
+
+#[cfg(feature = "verbs")]
+impl SessionProvider for crate::verbs::VerbsPd {
+    const LINKS_OVER_SETUP: bool = false;
+
+    fn local_address(&self) -> LocalAddress {
+        LocalAddress {
+            gid: self.gid(),
+            lid: self.lid(),
+            mtu: self.mtu(),
+        }
+    }
+
+    fn remotes(
+        &self,
+        peer: &PeerQueuePairs,
+        local: &Endpoint<Self>,
+        _control: TcpStream,
+        _data: TcpStream,
+    ) -> Result<(crate::verbs::VerbsRemote, crate::verbs::VerbsRemote), ChannelError> {
+        use crate::verbs::VerbsRemote;
+        let control = VerbsRemote::from_handshake(&peer.handshake, local.control_psn, self.mtu());
+        let data = VerbsRemote {
+            qp_num: peer.data.qp_num,
+            psn: peer.data.psn,
+            local_psn: local.data_psn,
+            ..control
+        };
+        Ok((control, data))
+    }
+}
+
+/// One end of a session: the control channel and the data queue pair with its completion queue
+/// (all data transfers are signaled, so they complete there in order).
+pub struct Endpoint<P: ProtectionDomain> {
+    /// The control channel.
+    pub chan: ControlChannel<P::Qp, P::Cq>,
+    /// The data queue pair (RDMA Read and Write only; nothing posts receives on it).
+    pub data_qp: P::Qp,
+    /// Its completion queue.
+    pub data_cq: P::Cq,
+    /// The control queue pair's initial packet sequence number, announced in the handshake.
+    pub control_psn: u32,
+    /// The data queue pair's, announced in the attach.
+    pub data_psn: u32,
+}
+
+/// The soft provider's endpoint.
+pub type SoftEndpoint = Endpoint<SoftPd>;
+
+impl<P: ProtectionDomain> std::fmt::Debug for Endpoint<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SoftEndpoint")
+        f.debug_struct("Endpoint")
             .field("chan", &self.chan)
+            .field("control_psn", &self.control_psn)
+            .field("data_psn", &self.data_psn)
             .finish_non_exhaustive()
     }
 }
 
-impl SoftEndpoint {
+/// A 24-bit initial packet sequence number. It only has to differ between successive queue pairs
+/// of the same numbers, so that a late packet of an old connection is not taken for a new one's.
+fn initial_psn() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = (nanos ^ COUNTER.fetch_add(0x9E37_79B9, Ordering::Relaxed)).wrapping_mul(0x85EB_CA6B);
+    (mixed ^ (mixed >> 13)) & 0x00FF_FFFF
+}
+
+impl<P: ProtectionDomain> Endpoint<P> {
     /// Creates both queue pairs in INIT on `pd` (the domain of the pool the data path uses, so
     /// the peer's Reads and Writes find it), registering the control channel's small ring (a fixed
     /// size, per session; data buffers always come from the pool registered at start-up).
     /// `data_depth` bounds the data transfers outstanding at once.
-    pub fn new(pd: &SoftPd, config: ChannelConfig, data_depth: u32) -> Result<Self, ChannelError> {
+    pub fn new(pd: &P, config: ChannelConfig, data_depth: u32) -> Result<Self, ChannelError> {
         let cq = pd.create_cq(config.cq_capacity())?;
         let caps = QpCaps {
             max_send_wr: config.send_queue_depth,
@@ -310,23 +442,74 @@ impl SoftEndpoint {
             },
         )?;
         data_qp.to_init()?;
-        Ok(Self { chan, data_qp, data_cq })
+        Ok(Self {
+            chan,
+            data_qp,
+            data_cq,
+            control_psn: initial_psn(),
+            data_psn: initial_psn(),
+        })
     }
 
-    /// Connects both queue pairs over their TCP streams (after the handshake and the attach went
-    /// over them) with the negotiated credits.
-    pub fn connect(&mut self, credits: u32, control: TcpStream, data: TcpStream) -> Result<(), ChannelError> {
+    /// Connects both queue pairs to the peer's (after the handshake and the attach) with the
+    /// negotiated credits.
+    pub fn connect(
+        &mut self,
+        credits: u32,
+        control: <P::Qp as QueuePair>::Remote,
+        data: <P::Qp as QueuePair>::Remote,
+    ) -> Result<(), ChannelError> {
         self.chan.limit_credits(credits)?;
-        for stream in [&control, &data] {
-            stream
-                .set_nonblocking(false)
-                .map_err(|e| ChannelError::Config(format!("blocking mode for a link: {e}")))?;
-        }
-        self.chan.qp().to_rtr(SoftLink::tcp(control))?;
+        self.chan.qp().to_rtr(control)?;
         self.chan.qp().to_rts()?;
-        self.data_qp.to_rtr(SoftLink::tcp(data))?;
+        self.data_qp.to_rtr(data)?;
         self.data_qp.to_rts()?;
         Ok(())
+    }
+}
+
+impl<P: SessionProvider> Endpoint<P> {
+    /// This end's handshake for a session: its control queue pair, PSN, addressing and receive
+    /// ring, the `pool` the peer reads and writes, and the credits it proposes or grants.
+    pub fn handshake(&self, pd: &P, node_id: u64, shard_id: u32, epoch: u64, pool: RegionDesc) -> Handshake {
+        let address = pd.local_address();
+        Handshake {
+            version: VERSION,
+            node_id,
+            shard_id,
+            epoch,
+            qp_num: self.chan.qp().qp_num(),
+            psn: self.control_psn,
+            gid: address.gid,
+            lid: address.lid,
+            mtu: address.mtu,
+            recv_ring: self.chan.region().desc(),
+            pool,
+            credits: self.chan.config().credits,
+        }
+    }
+
+    /// This end's attach for the session `token`: its data queue pair and PSN.
+    pub fn attach(&self, token: u64) -> Attach {
+        Attach {
+            token,
+            qp_num: self.data_qp.qp_num(),
+            psn: self.data_psn,
+        }
+    }
+
+    /// Connects both queue pairs once the exchange is done: `control` and `data` are (duplicates
+    /// of) the set-up connections, which the provider takes over when it runs its links over them.
+    pub fn connect_to(
+        &mut self,
+        pd: &P,
+        credits: u32,
+        peer: &PeerQueuePairs,
+        control: TcpStream,
+        data: TcpStream,
+    ) -> Result<(), ChannelError> {
+        let (control, data) = pd.remotes(peer, self, control, data)?;
+        self.connect(credits, control, data)
     }
 }
 

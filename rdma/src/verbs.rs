@@ -7,10 +7,18 @@
 //! - regions are page-aligned allocations owned by the provider, registered for local write,
 //!   remote read and remote write, read and written by copies (never through Rust references, since
 //!   the NIC writes them behind the compiler's back);
-//! - completion queues have a completion channel, so [`CompletionQueue::wait`] sleeps in `poll(2)`
-//!   on its descriptor instead of spinning. [`CompletionQueue::arm`] cannot hand the descriptor to
-//!   an async runtime (glommio has no public way to await an arbitrary fd), so it wakes the task at
-//!   once: a task on verbs polls and yields, and parks only when it has nothing outstanding;
+//! - completion queues have a completion channel, made non-blocking. [`CompletionQueue::arm`]
+//!   cannot hand the channel's descriptor to an async runtime (glommio has no public way to await
+//!   an arbitrary fd), so each opened device has a *notifier*: one thread, `corekv-verbs-cq`,
+//!   started by the first `arm` of any of its queues, that sleeps in `epoll_wait` on the channels
+//!   of the queues that were armed (and on an eventfd that stops it when the device is dropped).
+//!   `arm` stores the task's waker, requests a notification (`ibv_req_notify_cq`), then polls once:
+//!   a completion that arrived before the request is found by that poll (and wakes the task at
+//!   once), one after it raises an event, which the notifier reads, acknowledges, and answers by
+//!   waking the stored waker. So an idle task parks and its shard's core is free; a completion
+//!   that ends an idle spell costs one cross-thread wake. [`CompletionQueue::wait`] is `arm` with a
+//!   waker that unparks the calling thread. When a channel cannot be watched (no notifier, a failed
+//!   channel), `arm` falls back to waking at once: the task then polls and yields;
 //! - queue pairs take the settings others found to work: timeout 14 (about 67 ms), retry count
 //!   7, minimum RNR timer 12 (0.64 ms), and a *finite* RNR retry count of 6, since 7 means "retry
 //!   forever" and hangs a connection whose receiver stopped posting.
@@ -23,13 +31,16 @@
 //! so, and the others check that the absence of devices is reported cleanly.
 
 use std::alloc::{self, Layout};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Wake, Waker};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use rdma_sys::*;
 
@@ -127,16 +138,40 @@ struct Device {
     config: VerbsConfig,
     gid: [u8; 16],
     lid: u16,
+    /// The smaller of the configured MTU and the port's active MTU.
+    mtu: Mtu,
+    /// The thread that wakes armed completion queues, started by the first `arm`.
+    notifier: Mutex<Option<Arc<Notifier>>>,
+}
+
+impl Device {
+    /// The device's notifier, started if it is not yet.
+    fn notifier(&self) -> Result<Arc<Notifier>, RdmaError> {
+        let mut slot = lock(&self.notifier);
+        if let Some(notifier) = &*slot {
+            return Ok(notifier.clone());
+        }
+        // The thread is detached: it exits on its own once `Drop` stops it.
+        let (notifier, _thread) = Notifier::start()?;
+        *slot = Some(notifier.clone());
+        Ok(notifier)
+    }
 }
 
 // SAFETY: libibverbs objects may be used from any thread; the library locks internally where
 // its objects are shared (the verbs API is documented thread-safe).
 unsafe impl Send for Device {}
-// SAFETY: as above; `Device` has no interior state of its own besides the handles.
+// SAFETY: as above; `Device`'s own interior state (the notifier slot) is behind a mutex.
 unsafe impl Sync for Device {}
 
 impl Drop for Device {
     fn drop(&mut self) {
+        // Every completion queue holds an `Arc` to the device, so all are gone and none is left in
+        // the notifier's epoll set: stop the thread. Never join it: this may run on that very
+        // thread (when it dropped the last queue); it releases its descriptors as it exits.
+        if let Some(notifier) = self.notifier.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            notifier.stop();
+        }
         // SAFETY: both handles are valid and every object created from them holds an `Arc` to this
         // device, so they are all gone by now.
         unsafe {
@@ -248,7 +283,9 @@ impl VerbsPd {
                 // SAFETY: every bit pattern of the union is a valid byte array.
                 gid: unsafe { gid.raw },
                 lid: port_attr.lid,
+                mtu: Mtu::from_code(port_attr.active_mtu as u8).map_or(config.mtu, |active| active.min(config.mtu)),
                 config,
+                notifier: Mutex::new(None),
             }),
         })
     }
@@ -261,6 +298,11 @@ impl VerbsPd {
     /// The port's LID (for the handshake; 0 on RoCE).
     pub fn lid(&self) -> u16 {
         self.device.lid
+    }
+
+    /// The path MTU this end supports: the configured one, lowered to the port's active MTU.
+    pub fn mtu(&self) -> Mtu {
+        self.device.mtu
     }
 }
 
@@ -314,6 +356,13 @@ impl ProtectionDomain for VerbsPd {
         if channel.is_null() {
             return Err(os_error("ibv_create_comp_channel"));
         }
+        // The notifier drains the channel until EAGAIN: `ibv_get_cq_event` must never block.
+        // SAFETY: the channel was just created and is valid; `fd` is a plain field.
+        if let Err(err) = set_nonblocking(unsafe { (*channel).fd }) {
+            // SAFETY: created above, no CQ uses it, destroyed once.
+            unsafe { ibv_destroy_comp_channel(channel) };
+            return Err(err);
+        }
         // SAFETY: the context and channel are valid; no per-CQ context pointer is used.
         let cq = unsafe { ibv_create_cq(self.device.context, entries, ptr::null_mut(), channel, 0) };
         if cq.is_null() {
@@ -324,11 +373,12 @@ impl ProtectionDomain for VerbsPd {
         }
         Ok(VerbsCq {
             inner: Arc::new(CqRaw {
-                _device: self.device.clone(),
+                device: self.device.clone(),
                 channel,
                 cq,
                 capacity,
                 stash: Mutex::new(VecDeque::new()),
+                notify: Mutex::new(CqNotify::default()),
             }),
         })
     }
@@ -421,28 +471,268 @@ impl MemoryRegion for VerbsMr {
 
 #[derive(Debug)]
 struct CqRaw {
-    _device: Arc<Device>,
+    device: Arc<Device>,
     channel: *mut ibv_comp_channel,
     cq: *mut ibv_cq,
     capacity: usize,
-    /// Completions polled by `wait` (to close the race between arming and sleeping), handed out by
-    /// the next `poll`.
+    /// Completions polled by `arm` (to close the race between arming and parking), handed out by
+    /// the next `poll`. Held across `poll`'s and `arm`'s polls, so completions keep their order.
     stash: Mutex<VecDeque<WorkCompletion>>,
+    /// What the notifier needs. The notifier reads and acknowledges the channel's events under
+    /// this lock.
+    notify: Mutex<CqNotify>,
 }
 
-// SAFETY: see `Device`; polling one CQ from several threads is serialised by libibverbs.
+/// A completion queue's side of the notifier.
+#[derive(Debug, Default)]
+struct CqNotify {
+    /// The waker of the last `arm`, taken (woken once) by the notifier at the next event.
+    waker: Option<Waker>,
+    /// The notifier whose epoll set holds the channel, and this queue's id there.
+    registered: Option<(Arc<Notifier>, u64)>,
+    /// Reading the channel failed: it is out of the epoll set, and `arm` wakes at once.
+    failed: bool,
+}
+
+// SAFETY: see `Device`; polling one CQ from several threads is serialised by libibverbs, and the
+// channel is only read by the notifier, under `notify`.
 unsafe impl Send for CqRaw {}
-// SAFETY: as above.
+// SAFETY: as above; the Rust-side state is behind mutexes.
 unsafe impl Sync for CqRaw {}
 
 impl Drop for CqRaw {
     fn drop(&mut self) {
-        // SAFETY: every QP using the CQ holds an `Arc` to it, so none is left; events were acked as
-        // they were read; each handle is destroyed once, the CQ before its channel.
+        let notify = self.notify.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some((notifier, id)) = notify.registered.take() {
+            // Out of the epoll set and the registry before the channel's descriptor is closed (and
+            // its number reused). This never waits on the notifier thread, which may be the one
+            // running this drop (it held the last reference).
+            notifier.deregister(id, self.channel_fd());
+        }
+        // SAFETY: every QP using the CQ holds an `Arc` to it, so none is left. Every event read
+        // from the channel was acknowledged: the notifier reads and acks under `notify` through a
+        // strong reference, so never while this drop runs (which needs the last reference) and
+        // never leaves an event unacked when it releases the lock (`ibv_destroy_cq` would wait
+        // forever). Events still unread in the channel need no ack. Each handle is destroyed once,
+        // the CQ before its channel.
         unsafe {
             ibv_destroy_cq(self.cq);
             ibv_destroy_comp_channel(self.channel);
         }
+    }
+}
+
+/// Makes a descriptor non-blocking.
+fn set_nonblocking(fd: RawFd) -> Result<(), RdmaError> {
+    // SAFETY: F_GETFL on a descriptor takes no pointer; an invalid one fails with EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(os_error("fcntl(F_GETFL)"));
+    }
+    // SAFETY: as above, F_SETFL takes an integer.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(os_error("fcntl(F_SETFL, O_NONBLOCK)"));
+    }
+    Ok(())
+}
+
+/// The epoll data of the notifier's stop eventfd; completion queues' ids count up from 0.
+const STOP: u64 = u64::MAX;
+
+/// One per opened device: a thread asleep in `epoll_wait` on the completion channels of the
+/// device's queues that were armed, which wakes a queue's stored waker when its channel has events.
+///
+/// Shared by the device (which stops it when dropped), the queues registered with it (which
+/// deregister when dropped) and the thread, which holds the last reference once stopped, so the
+/// descriptors are closed when the thread exits. It names the queues by id and holds them weakly:
+/// it never keeps a queue (or the device) alive, and never touches a queue that is gone.
+#[derive(Debug)]
+struct Notifier {
+    epoll: OwnedFd,
+    /// An eventfd in the epoll set: written to stop the thread.
+    stop: OwnedFd,
+    /// The queues in the epoll set, by the id in their epoll data.
+    cqs: Mutex<HashMap<u64, Weak<CqRaw>>>,
+    next_id: AtomicU64,
+    /// The thread has exited (stopped or failed): `arm` falls back to waking at once.
+    dead: AtomicBool,
+}
+
+impl Notifier {
+    /// Creates the epoll set and the eventfd and starts the thread.
+    fn start() -> Result<(Arc<Self>, JoinHandle<()>), RdmaError> {
+        // SAFETY: takes no pointer; a non-negative result is a new descriptor.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(os_error("epoll_create1"));
+        }
+        // SAFETY: just created and owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        // SAFETY: takes no pointer; a non-negative result is a new descriptor.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if stop < 0 {
+            return Err(os_error("eventfd"));
+        }
+        // SAFETY: just created and owned by nothing else.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let notifier = Arc::new(Self {
+            epoll,
+            stop,
+            cqs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+        });
+        notifier.ctl(libc::EPOLL_CTL_ADD, notifier.stop.as_raw_fd(), STOP)?;
+        let running = notifier.clone();
+        let thread = thread::Builder::new()
+            .name("corekv-verbs-cq".into())
+            .spawn(move || running.run())
+            .map_err(|e| RdmaError::Device {
+                op: "spawn the completion notifier",
+                message: e.to_string(),
+            })?;
+        Ok((notifier, thread))
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, data: u64) -> Result<(), RdmaError> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: data,
+        };
+        // SAFETY: the epoll descriptor is open while `self` lives; `event` is a valid event
+        // (ignored by EPOLL_CTL_DEL); a bad `fd` fails with an error.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } < 0 {
+            return Err(os_error("epoll_ctl"));
+        }
+        Ok(())
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Adds `cq`'s channel to the epoll set; returns its id.
+    fn register(&self, cq: &Arc<CqRaw>) -> Result<u64, RdmaError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.cqs).insert(id, Arc::downgrade(cq));
+        if let Err(err) = self.ctl(libc::EPOLL_CTL_ADD, cq.channel_fd(), id) {
+            lock(&self.cqs).remove(&id);
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    /// Takes a queue's channel out of the epoll set (if a failure has not already) and the
+    /// registry. Events the thread already has in hand for `id` find nothing in the registry.
+    fn deregister(&self, id: u64, fd: RawFd) {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, id);
+        let entry = lock(&self.cqs).remove(&id);
+        // A `Weak` of the queue being dropped: dropping it runs no destructor, but do it unlocked.
+        drop(entry);
+    }
+
+    /// Asks the thread to exit; does not wait for it.
+    fn stop(&self) {
+        let one = 1u64;
+        // SAFETY: the eventfd is open while `self` lives; 8 bytes are read from a live u64. It
+        // cannot fail short of a counter overflow, which would leave it readable anyway.
+        unsafe { libc::write(self.stop.as_raw_fd(), ptr::from_ref(&one).cast(), 8) };
+    }
+
+    /// The thread's body.
+    fn run(self: Arc<Self>) {
+        /// Marks the notifier dead as the thread exits, however it exits (a waker could panic),
+        /// and wakes the queues still waiting, whose next `arm` falls back to waking at once.
+        struct Exit<'a>(&'a Notifier);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                self.0.dead.store(true, Ordering::SeqCst);
+                let cqs: Vec<Arc<CqRaw>> = lock(&self.0.cqs).values().filter_map(Weak::upgrade).collect();
+                for cq in cqs {
+                    let waker = lock(&cq.notify).waker.take();
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                    // Dropping `cq` may drop the queue, which takes `cqs`: not held here.
+                }
+            }
+        }
+        let _exit = Exit(&self);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+        loop {
+            // SAFETY: the epoll descriptor is open while `self` lives; `events` has room for
+            // `events.len()` entries.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            for event in &events[..n as usize] {
+                let id = event.u64;
+                if id == STOP {
+                    return;
+                }
+                // The registry's lock is released at the end of this statement: the upgraded
+                // reference may be the last one, and dropping the queue takes that lock.
+                let cq = lock(&self.cqs).get(&id).and_then(Weak::upgrade);
+                if let Some(cq) = cq {
+                    cq.on_event(&self);
+                }
+            }
+        }
+    }
+}
+
+/// A waker that unparks the thread that made it: how [`CompletionQueue::wait`] parks a thread
+/// on [`CompletionQueue::arm`].
+#[derive(Debug)]
+struct ThreadWaker {
+    thread: Thread,
+    woken: AtomicBool,
+}
+
+impl ThreadWaker {
+    /// A waker for the calling thread.
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            thread: thread::current(),
+            woken: AtomicBool::new(false),
+        })
+    }
+
+    /// Parks the calling thread, which must be the one that made `self`, until woken or until
+    /// `timeout` passes; returns whether it was woken (at any time since it was made).
+    fn park(&self, timeout: Duration) -> bool {
+        debug_assert_eq!(thread::current().id(), self.thread.id(), "parked on another thread");
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if self.woken.load(Ordering::Acquire) {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.woken.load(Ordering::Acquire);
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
     }
 }
 
@@ -481,6 +771,11 @@ fn convert(wc: &ibv_wc) -> WorkCompletion {
 }
 
 impl CqRaw {
+    fn channel_fd(&self) -> RawFd {
+        // SAFETY: the channel is valid while `self` lives; `fd` is a plain field.
+        unsafe { (*self.channel).fd }
+    }
+
     fn poll_raw(&self, out: &mut [WorkCompletion]) -> Result<usize, RdmaError> {
         const BATCH: usize = 16;
         let mut done = 0;
@@ -503,6 +798,121 @@ impl CqRaw {
         }
         Ok(done)
     }
+
+    /// Arms the queue for `waker`: `Ok(false)` when the waker is stored and the notifier will wake
+    /// it at the next completion, `Ok(true)` when a completion is ready now (the waker is not kept),
+    /// an error when the queue cannot be watched (the waker is not kept).
+    fn try_arm(this: &Arc<Self>, waker: &Waker) -> Result<bool, RdmaError> {
+        if !lock(&this.stash).is_empty() {
+            return Ok(true);
+        }
+        let replaced = {
+            let mut notify = lock(&this.notify);
+            if notify.failed {
+                return Err(RdmaError::Device {
+                    op: "ibv_get_cq_event",
+                    message: "the completion channel failed earlier".into(),
+                });
+            }
+            let notifier = match &notify.registered {
+                Some((notifier, _)) => notifier.clone(),
+                None => {
+                    let notifier = this.device.notifier()?;
+                    let id = notifier.register(this)?;
+                    notify.registered = Some((notifier.clone(), id));
+                    notifier
+                }
+            };
+            // Checked after registering and under `notify`: a notifier dying now wakes (takes)
+            // the waker stored below, one dead before is seen here.
+            if notifier.is_dead() {
+                return Err(RdmaError::Device {
+                    op: "completion notifier",
+                    message: "the notifier thread exited".into(),
+                });
+            }
+            match &notify.waker {
+                Some(stored) if stored.will_wake(waker) => None,
+                _ => notify.waker.replace(waker.clone()),
+            }
+        };
+        // Dropped unlocked: a waker's destructor is foreign code.
+        drop(replaced);
+        // Arm first, then look: a completion that arrived before arming is found by the poll, one
+        // after it raises an event, which finds the waker stored above.
+        // SAFETY: the CQ is valid while `this` lives.
+        let rc = unsafe { ibv_req_notify_cq(this.cq, 0) };
+        if rc != 0 {
+            this.forget_waker(waker);
+            return Err(rc_error("ibv_req_notify_cq", rc));
+        }
+        let mut stash = lock(&this.stash);
+        if stash.is_empty() {
+            let mut one = [WorkCompletion::EMPTY; 1];
+            match this.poll_raw(&mut one) {
+                Ok(0) => return Ok(false),
+                Ok(_) => stash.push_back(one[0]),
+                Err(err) => {
+                    drop(stash);
+                    this.forget_waker(waker);
+                    return Err(err);
+                }
+            }
+        }
+        drop(stash);
+        // Ready now: take the waker back so the event this completion may raise does not wake it
+        // a second time.
+        this.forget_waker(waker);
+        Ok(true)
+    }
+
+    /// Takes `waker` out if it is the one stored (another task's stays).
+    fn forget_waker(&self, waker: &Waker) {
+        let taken = {
+            let mut notify = lock(&self.notify);
+            match &notify.waker {
+                Some(stored) if stored.will_wake(waker) => notify.waker.take(),
+                _ => None,
+            }
+        };
+        drop(taken);
+    }
+
+    /// On the notifier thread, when the channel is readable: reads and acknowledges every event
+    /// (the channel is non-blocking, so until EAGAIN), then wakes the stored waker.
+    fn on_event(&self, notifier: &Notifier) {
+        let mut notify = lock(&self.notify);
+        loop {
+            let mut cq = ptr::null_mut();
+            let mut context = ptr::null_mut();
+            // SAFETY: the channel is valid while `self` lives and non-blocking, so this returns at
+            // once; the out-pointers are valid.
+            if unsafe { ibv_get_cq_event(self.channel, &mut cq, &mut context) } == 0 {
+                // SAFETY: one event was read for `cq` (this queue, the channel's only one); it is
+                // acknowledged at once, under `notify`, so `Drop` never sees it unacknowledged.
+                unsafe { ibv_ack_cq_events(cq, 1) };
+                continue;
+            }
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => {}
+                _ => {
+                    // Level-triggered: a channel that stays readable and fails would spin the
+                    // thread. Take it out; the queue's `arm` wakes at once from now on.
+                    notify.failed = true;
+                    if let Some((_, id)) = &notify.registered {
+                        let _ = notifier.ctl(libc::EPOLL_CTL_DEL, self.channel_fd(), *id);
+                    }
+                    break;
+                }
+            }
+        }
+        let waker = notify.waker.take();
+        drop(notify);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 impl CompletionQueue for VerbsCq {
@@ -511,6 +921,7 @@ impl CompletionQueue for VerbsCq {
     }
 
     fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, RdmaError> {
+        // Held across the device poll: a completion `arm` stashes is never overtaken by a later one.
         let mut stash = lock(&self.inner.stash);
         let mut n = 0;
         while n < out.len() {
@@ -518,64 +929,28 @@ impl CompletionQueue for VerbsCq {
             out[n] = wc;
             n += 1;
         }
-        drop(stash);
         Ok(n + self.inner.poll_raw(&mut out[n..])?)
     }
 
     fn wait(&self, timeout: Duration) -> Result<bool, RdmaError> {
-        let inner = &self.inner;
-        if !lock(&inner.stash).is_empty() {
+        let parker = ThreadWaker::new();
+        let waker = Waker::from(parker.clone());
+        if CqRaw::try_arm(&self.inner, &waker)? {
             return Ok(true);
         }
-        // Arm first, then look: a completion that arrived before arming is found by the poll, one
-        // after it raises an event.
-        // SAFETY: the CQ is valid.
-        let rc = unsafe { ibv_req_notify_cq(inner.cq, 0) };
-        if rc != 0 {
-            return Err(rc_error("ibv_req_notify_cq", rc));
-        }
-        let mut one = [WorkCompletion::EMPTY; 1];
-        if inner.poll_raw(&mut one)? == 1 {
-            lock(&inner.stash).push_back(one[0]);
-            return Ok(true);
-        }
-        let mut pfd = libc::pollfd {
-            // SAFETY: the channel is valid while `inner` lives.
-            fd: unsafe { (*inner.channel).fd },
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `pfd` is one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(RdmaError::Device {
-                op: "poll completion channel",
-                message: err.to_string(),
-            });
-        }
-        if ready == 0 {
-            return Ok(false);
-        }
-        let mut cq = ptr::null_mut();
-        let mut context = ptr::null_mut();
-        // SAFETY: the channel is readable, so this does not block; the out-pointers are valid.
-        let rc = unsafe { ibv_get_cq_event(inner.channel, &mut cq, &mut context) };
-        if rc != 0 {
-            return Err(os_error("ibv_get_cq_event"));
-        }
-        // SAFETY: one event was read from this CQ; acking it lets the CQ be destroyed later.
-        unsafe { ibv_ack_cq_events(cq, 1) };
-        Ok(true)
+        let woken = parker.park(timeout);
+        // Timed out: the notifier must not keep (and later wake) this thread's waker.
+        self.inner.forget_waker(&waker);
+        Ok(woken || !lock(&self.inner.stash).is_empty())
     }
 
     fn arm(&self, waker: &Waker) {
-        // No way to register the channel's descriptor with the runtime: let the task poll again.
-        waker.wake_by_ref();
+        match CqRaw::try_arm(&self.inner, waker) {
+            Ok(false) => {}
+            // Ready now, or the queue cannot be watched: the task polls again (and, if the queue
+            // cannot be watched, keeps polling and yielding, as before the notifier).
+            Ok(true) | Err(_) => waker.wake_by_ref(),
+        }
     }
 }
 
@@ -890,6 +1265,141 @@ mod tests {
             ..VerbsConfig::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn thread_waker_woken_before_park_returns_at_once() {
+        let parker = ThreadWaker::new();
+        Waker::from(parker.clone()).wake();
+        let start = Instant::now();
+        assert!(parker.park(Duration::from_secs(30)));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // The flag stays set: a later park returns at once too.
+        assert!(parker.park(Duration::ZERO));
+    }
+
+    #[test]
+    fn thread_waker_times_out_unwoken() {
+        let parker = ThreadWaker::new();
+        let start = Instant::now();
+        assert!(!parker.park(Duration::from_millis(50)));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert!(!parker.park(Duration::ZERO));
+    }
+
+    #[test]
+    fn thread_waker_woken_from_another_thread() {
+        for timeout in [Duration::from_secs(30), Duration::MAX] {
+            let parker = ThreadWaker::new();
+            let waker = Waker::from(parker.clone());
+            let waking = thread::spawn(move || {
+                thread::sleep(Duration::from_millis(20));
+                waker.wake_by_ref();
+            });
+            let start = Instant::now();
+            assert!(parker.park(timeout));
+            assert!(start.elapsed() < Duration::from_secs(10));
+            waking.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn notifier_thread_starts_and_stops() {
+        let (notifier, thread) = Notifier::start().unwrap();
+        assert_eq!(thread.thread().name(), Some("corekv-verbs-cq"));
+        assert!(!notifier.is_dead());
+        notifier.stop();
+        thread.join().unwrap();
+        assert!(notifier.is_dead());
+        // The thread let go of its reference: the descriptors close with this last one.
+        assert_eq!(Arc::strong_count(&notifier), 1);
+    }
+
+    #[test]
+    fn notifier_stopped_before_its_thread_runs() {
+        // Stopping does not wait, and a stop sent before the thread reaches epoll_wait is kept.
+        let (notifier, thread) = Notifier::start().unwrap();
+        notifier.stop();
+        drop(notifier);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    #[ignore = "needs an RDMA device"]
+    fn arm_parks_until_a_completion_on_a_device() {
+        if !device_or_skip("arm_parks_until_a_completion_on_a_device") {
+            panic!("no RDMA device: this test cannot run here");
+        }
+        let pd = VerbsPd::open(VerbsConfig::default()).unwrap();
+        let caps = QpCaps {
+            max_send_wr: 16,
+            max_recv_wr: 16,
+        };
+        let (ca, cb) = (pd.create_cq(64).unwrap(), pd.create_cq(64).unwrap());
+        let (qa, qb) = (
+            pd.create_qp(&ca, &ca, caps).unwrap(),
+            pd.create_qp(&cb, &cb, caps).unwrap(),
+        );
+        let (ma, mb) = (pd.register(4096).unwrap(), pd.register(4096).unwrap());
+        let remote = |q: &VerbsQp| VerbsRemote {
+            qp_num: q.qp_num(),
+            psn: 0,
+            gid: pd.gid(),
+            lid: pd.lid(),
+            mtu: Mtu::Mtu1024,
+            local_psn: 0,
+        };
+        for (q, peer) in [(&qa, remote(&qb)), (&qb, remote(&qa))] {
+            q.to_init().unwrap();
+            q.to_rtr(peer).unwrap();
+            q.to_rts().unwrap();
+        }
+        // Idle: the waker is kept, not woken; a thread waiting times out.
+        let parker = ThreadWaker::new();
+        cb.arm(&Waker::from(parker.clone()));
+        assert!(
+            !parker.park(Duration::from_millis(200)),
+            "woken with nothing to complete"
+        );
+        assert!(!ca.wait(Duration::from_millis(100)).unwrap());
+        // A completion wakes the armed waker, from the notifier thread.
+        qb.post_recv(&RecvWr {
+            wr_id: 1,
+            local: Sge {
+                mr: &mb,
+                offset: 0,
+                len: 64,
+            },
+        })
+        .unwrap();
+        qa.post_send(&SendWr {
+            wr_id: 2,
+            op: SendOp::Send,
+            local: Sge {
+                mr: &ma,
+                offset: 0,
+                len: 5,
+            },
+            signaled: true,
+        })
+        .unwrap();
+        assert!(parker.park(Duration::from_secs(5)), "not woken by a completion");
+        let mut wc = [WorkCompletion::EMPTY; 4];
+        let mut n = cb.poll(&mut wc).unwrap();
+        while n == 0 {
+            n = cb.poll(&mut wc).unwrap();
+        }
+        assert_eq!((wc[0].wr_id, wc[0].byte_len), (1, 5));
+        // The send's completion was never polled: arming finds it and wakes at once.
+        while !ca.wait(Duration::from_secs(5)).unwrap() {}
+        let parker = ThreadWaker::new();
+        ca.arm(&Waker::from(parker.clone()));
+        assert!(parker.park(Duration::ZERO), "a ready completion must wake at once");
+        assert_eq!(ca.poll(&mut wc).unwrap(), 1);
+        assert_eq!(wc[0].wr_id, 2);
+        // Queues dropped while armed leave the epoll set; dropping the device stops the thread.
+        cb.arm(&Waker::from(ThreadWaker::new()));
+        drop((qa, qb, ca, cb, ma, mb, pd));
     }
 
     #[test]

@@ -378,21 +378,109 @@ fn a_request_to_a_dead_shard_times_out_instead_of_hanging() {
 }
 
 #[test]
-fn verbs_is_refused_at_start_up_with_a_clear_message() {
+fn verbs_without_a_device_is_refused_at_start_up_with_a_clear_message() {
     if corekv_only() {
         return;
     }
-    let Err(failure) = Node::try_start(&["--rdma", "verbs"]) else {
-        panic!("a node with --rdma verbs started");
+    let start = || match Node::try_start(&["--rdma", "verbs", "--shards", "1", "--rdma-pool", "4mb"]) {
+        Err(failure) => failure,
+        Ok(_) => panic!("a node with --rdma verbs started on a machine without RDMA devices"),
     };
-    // Either the locked-memory limit is too low for the pools (and the message says how to raise
-    // it), or the provider is not wired in yet: both before any shard starts.
-    assert!(failure.stderr.contains("corekv-node: rdma: "), "{}", failure.stderr);
-    assert!(
-        failure.stderr.contains("ulimit -l") || failure.stderr.contains("not wired"),
-        "{}",
-        failure.stderr
-    );
+    if cfg!(feature = "rdma-verbs") {
+        // Devices are looked for before anything else (the locked-memory budget comes next).
+        let failure = start();
+        assert!(failure.stderr.contains("corekv-node: rdma: "), "{}", failure.stderr);
+        assert!(failure.stderr.contains("no RDMA devices found"), "{}", failure.stderr);
+        assert!(failure.stderr.contains("--rdma soft"), "{}", failure.stderr);
+    } else {
+        let failure = start();
+        assert!(failure.stderr.contains("corekv-node: rdma: "), "{}", failure.stderr);
+        assert!(
+            failure.stderr.contains("built without the verbs provider")
+                && failure.stderr.contains("--features rdma-verbs"),
+            "{}",
+            failure.stderr
+        );
+    }
+}
+
+/// `clients:` of INFO: connected_clients.
+fn connected_clients(node: &Node) -> u64 {
+    let info = Info::get(&mut node.client(), "clients");
+    info.field("connected_clients")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no connected_clients in INFO clients:\n{}", info.text))
+}
+
+#[test]
+fn sessions_count_as_clients_and_a_stopping_node_ends_them() {
+    if corekv_only() {
+        return;
+    }
+    let dir = TestDir::new("rdma-stop");
+    let args = ["--rdma", "soft", "--rdma-pool", "16mb", "--durability", "always"];
+    let mut node = Node::start_in(dir.path(), &args);
+    // The INFO connection itself is one client (earlier INFO connections may take a moment to
+    // be noticed closed, hence the polling).
+    let settles_at = |expected: u64| {
+        wait_for(Duration::from_secs(10), || {
+            (connected_clients(&node) == expected).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "connected_clients never reached {expected}: {}",
+                connected_clients(&node)
+            )
+        })
+    };
+    settles_at(1);
+    let mut idle = connect(&node);
+    for shard in 0..SHARDS {
+        idle.set(key_on(shard, "idle"), "x", SetOptions::default()).unwrap();
+    }
+    settles_at(1 + SHARDS as u64);
+
+    // A writer keeps one shard's session busy while the node is told to stop: every write it
+    // saw acknowledged must be there after the restart.
+    let seed = seed(&node);
+    let writer = std::thread::spawn(move || {
+        let mut client = Client::connect(seed, ClientConfig::default()).expect("writer connect");
+        let mut acknowledged = 0u64;
+        for i in 1u64.. {
+            match client.set(format!("stop:{i}"), i.to_string(), SetOptions::default()) {
+                Ok(true) => acknowledged = i,
+                Ok(false) => panic!("SET stop:{i} not done"),
+                Err(_) => break,
+            }
+        }
+        acknowledged
+    });
+    wait_for(Duration::from_secs(10), || {
+        let written: Option<String> = redis::cmd("GET").arg("stop:2").query(&mut node.client()).ok()?;
+        written.map(|_| ())
+    })
+    .expect("the writer's session is up");
+    let mut redis = node.client();
+    let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut redis);
+    // Idle and busy sessions end, so the node exits (a session left waiting would hold it).
+    let status = node
+        .wait_exit(Duration::from_secs(30))
+        .expect("the node did not exit with RDMA sessions open");
+    assert!(status.success(), "exit {status:?}: {}", node.stderr());
+    let acknowledged = writer.join().expect("writer thread");
+    assert!(acknowledged > 0, "the writer got no write through");
+    assert!(idle.ping().is_err(), "a session outlived its node");
+
+    let node = Node::start_in(dir.path(), &args);
+    let mut client = node.client();
+    for i in 1..=acknowledged {
+        let value: Option<String> = redis::cmd("GET").arg(format!("stop:{i}")).query(&mut client).unwrap();
+        assert_eq!(
+            value,
+            Some(i.to_string()),
+            "acknowledged write stop:{i} of {acknowledged} lost"
+        );
+    }
 }
 
 #[test]

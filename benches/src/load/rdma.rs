@@ -43,7 +43,11 @@ pub(super) fn run_thread(
 ) -> Recording {
     // `run_round` gives each rdma thread exactly one connection.
     let index = setup.connections[0];
-    let options = target::rdma::options(MAX_WRITE_BATCH, setup.workload.value_size.max);
+    let options = target::rdma::options(
+        MAX_WRITE_BATCH,
+        setup.workload.value_size.max,
+        &setup.load.rdma_provider,
+    );
     let streams: Result<Vec<RdmaStream>, String> = setup
         .endpoints
         .iter()

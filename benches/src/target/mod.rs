@@ -17,6 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use corekv_net::client::rdma::RdmaProvider;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
@@ -28,8 +29,8 @@ pub enum Protocol {
     Resp,
     /// corekv's native protocol: one socket per shard per connection; replies matched by id.
     Native,
-    /// corekv's native protocol over RDMA (a node's `--rdma-port`, soft provider): one RDMA
-    /// session per shard per connection; replies matched by id.
+    /// corekv's native protocol over RDMA (a node's `--rdma-port`, on the provider
+    /// `--rdma-provider` names): one RDMA session per shard per connection; replies matched by id.
     Rdma,
 }
 
@@ -102,13 +103,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The addresses every benchmark connection opens a socket (or RDMA session) to, in routing
 /// order: the target itself for RESP; for native and rdma, each shard's endpoint from a TOPOLOGY
-/// asked of the target. (The rdma exchange blocks the calling thread: it is the only task of the
-/// runtime it runs on.)
-pub async fn endpoints(target: &Target) -> Result<Vec<String>, String> {
+/// asked of the target (rdma: over a session on `rdma_provider`). (The rdma exchange blocks the
+/// calling thread: it is the only task of the runtime it runs on.)
+pub async fn endpoints(target: &Target, rdma_provider: &RdmaProvider) -> Result<Vec<String>, String> {
     match target.protocol {
         Protocol::Resp => Ok(vec![target.address()]),
         Protocol::Native => native::fetch_topology(target).await,
-        Protocol::Rdma => rdma::fetch_topology(target),
+        Protocol::Rdma => rdma::fetch_topology(target, rdma_provider),
     }
 }
 

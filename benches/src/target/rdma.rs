@@ -1,5 +1,5 @@
-//! corekv's native protocol over RDMA (`rdma://HOST:PORT`, a node started with `--rdma soft`,
-//! any shard's RDMA handshake port as the seed): the frames and the codec are the
+//! corekv's native protocol over RDMA (`rdma://HOST:PORT`, a node started with `--rdma soft` or
+//! `--rdma verbs` as `--rdma-provider` says, any shard's RDMA handshake port as the seed): the frames and the codec are the
 //! [`native`](super::native) ones; only the transport differs. Each shard is reached over one
 //! [`RdmaStream`] (`corekv_net::client::rdma`), a session used as a pipe of native-protocol
 //! bytes: `send` hands over whole encoded frames as one request message, `recv` appends one
@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use corekv_net::client::rdma::{RdmaOptions, RdmaStream};
+use corekv_net::client::rdma::{RdmaOptions, RdmaProvider, RdmaStream};
 use corekv_net::client::ClientConfig;
 use corekv_net::native::{FrameDecoder, Limits, Request};
 
@@ -19,12 +19,13 @@ use super::{Target, CONNECT_TIMEOUT};
 /// The sessions' settings: the client library's defaults, with a pool (registered once per
 /// session) large enough for every message in flight even with large values: each message holds
 /// up to one write batch of frames (`max_batch` bytes, plus one request past it) and reserves a
-/// response buffer; a larger response is pulled into the pool.
-pub fn options(max_batch: usize, max_value: usize) -> RdmaOptions {
+/// response buffer; a larger response is pulled into the pool. The sessions run on `provider`.
+pub fn options(max_batch: usize, max_value: usize, provider: &RdmaProvider) -> RdmaOptions {
     let defaults = RdmaOptions::default();
     let message = (max_batch + max_value + 4096).next_power_of_two() + defaults.response_capacity;
     RdmaOptions {
         pool_bytes: defaults.pool_bytes.max(2 * message * (defaults.max_in_flight + 1)),
+        provider: provider.clone(),
         ..defaults
     }
 }
@@ -39,10 +40,10 @@ pub fn connect(address: &str, options: &RdmaOptions) -> Result<RdmaStream, Strin
         .map_err(|e| format!("cannot open an rdma session with {address}: {e}"))
 }
 
-/// Asks `target` (over an RDMA session) for the node's topology: each shard's RDMA endpoint,
-/// shard 0 first.
-pub fn fetch_topology(target: &Target) -> Result<Vec<String>, String> {
-    let mut stream = connect(&target.address(), &options(0, 0))?;
+/// Asks `target` (over an RDMA session on `provider`) for the node's topology: each shard's RDMA
+/// endpoint, shard 0 first.
+pub fn fetch_topology(target: &Target, provider: &RdmaProvider) -> Result<Vec<String>, String> {
+    let mut stream = connect(&target.address(), &options(0, 0, provider))?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let failed = |e: &dyn std::fmt::Display| format!("{target}: TOPOLOGY failed: {e} (is this a node's --rdma-port?)");
     let mut out = BytesMut::new();

@@ -18,10 +18,10 @@ use corekv_net::native::{ErrorCode, FrameDecoder, Limits, Request, Response, Top
 use corekv_net::resp::{ParseLimits, Protocol, ReplyEncoder, RequestParser};
 use corekv_net::routing::key_shard;
 use corekv_rdma::channel::{ChannelConfig, PAYLOAD_MAX};
-use corekv_rdma::handshake::{Handshake, Mtu, PeerEpochs, MAGIC, VERSION};
+use corekv_rdma::handshake::{Handshake, PeerEpochs, MAGIC};
 use corekv_rdma::pool::{self, BufferPool};
-use corekv_rdma::provider::{CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, RemoteAddr};
-use corekv_rdma::rpc::{Attach, RpcMsg, SoftEndpoint, Status, DATA_MAGIC};
+use corekv_rdma::provider::{CompletionQueue, MemoryRegion, ProtectionDomain, RemoteAddr};
+use corekv_rdma::rpc::{Attach, PeerQueuePairs, RpcMsg, SoftEndpoint, Status, DATA_MAGIC};
 use corekv_rdma::session;
 use corekv_rdma::soft::SoftPd;
 
@@ -249,7 +249,7 @@ struct RdmaShard {
     per_shard: Arc<[AtomicU64; 2]>,
     epochs: Mutex<PeerEpochs>,
     /// Sessions waiting for their data connection, by token.
-    waiting: Mutex<HashMap<u64, mpsc::Sender<TcpStream>>>,
+    waiting: Mutex<HashMap<u64, mpsc::Sender<(TcpStream, Attach)>>>,
     next_token: AtomicU64,
     /// Request messages received by both shards.
     messages: Arc<AtomicU64>,
@@ -318,7 +318,7 @@ fn serve_rdma_connection(mut stream: TcpStream, shared: &RdmaShard) {
             }
             let attach = Attach::decode(&bytes).expect("a valid attach");
             if let Some(session) = shared.waiting.lock().unwrap().remove(&attach.token) {
-                let _ = session.send(stream);
+                let _ = session.send((stream, attach));
             }
         }
         other => panic!("not an rdma handshake: {other:#x}"),
@@ -335,20 +335,7 @@ fn serve_rdma_session(mut control: TcpStream, magic: [u8; 4], shared: &RdmaShard
     let pd = SoftPd::new();
     let mut pool = BufferPool::new(pd.register(4 << 20).unwrap(), 1024).unwrap();
     let mut endpoint = SoftEndpoint::new(&pd, ChannelConfig::default(), DEPTH).unwrap();
-    let ours = Handshake {
-        version: VERSION,
-        node_id: 42,
-        shard_id: shared.shard,
-        epoch: 0,
-        qp_num: endpoint.chan.qp().qp_num(),
-        psn: 0,
-        gid: [0; 16],
-        lid: 0,
-        mtu: Mtu::Mtu4096,
-        recv_ring: endpoint.chan.region().desc(),
-        pool: pool.mr().desc(),
-        credits: ChannelConfig::default().credits,
-    };
+    let ours = endpoint.handshake(&pd, 42, shared.shard, 0, pool.mr().desc());
     let (peer, credits, answer) =
         session::accept_bytes(&theirs, &ours, &mut shared.epochs.lock().unwrap()).expect("a valid handshake");
     let token = shared.next_token.fetch_add(1, Ordering::SeqCst);
@@ -356,19 +343,15 @@ fn serve_rdma_session(mut control: TcpStream, magic: [u8; 4], shared: &RdmaShard
     shared.waiting.lock().unwrap().insert(token, tx);
     control.write_all(&answer).unwrap();
     control.write_all(&token.to_le_bytes()).unwrap();
-    let Ok(mut data) = rx.recv_timeout(Duration::from_secs(10)) else {
+    let Ok((mut data, their_attach)) = rx.recv_timeout(Duration::from_secs(10)) else {
         return;
     };
-    let attach = Attach {
-        token,
-        qp_num: endpoint.data_qp.qp_num(),
-        psn: 0,
+    data.write_all(&endpoint.attach(token).encode()).unwrap();
+    let peers = PeerQueuePairs {
+        handshake: peer,
+        data: their_attach,
     };
-    data.write_all(&attach.encode()).unwrap();
-    for stream in [&control, &data] {
-        stream.set_read_timeout(None).unwrap();
-    }
-    endpoint.connect(credits, control, data).unwrap();
+    endpoint.connect_to(&pd, credits, &peers, control, data).unwrap();
 
     let timeout = Duration::from_secs(5);
     let remote = |offset: u64| RemoteAddr {

@@ -11,7 +11,8 @@
 //! - `tokio::Client` (cargo feature `tokio`): cloneable, `Send + Sync`, methods take `&self`;
 //!   concurrent calls pipeline over each shard's connection.
 //! - `rdma::Client` (cargo feature `rdma`): the blocking client over RDMA sessions
-//!   (`rdma://host:port` seeds), the same frames moved through registered memory.
+//!   (`rdma://host:port` seeds), the same frames moved through registered memory; the soft
+//!   provider by default, libibverbs with `RdmaOptions::provider` (cargo feature `rdma-verbs`).
 //! - The sans-IO parts both are built on: [`Connection`] (request ids, encoding, matching
 //!   responses by id, out of order) and [`Router`] (topology, key → shard, splitting batches).
 //!

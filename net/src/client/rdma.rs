@@ -23,7 +23,14 @@
 //! A request the shard refused unexecuted (its pool full) is reported like a lost connection,
 //! conservatively (`outcome_unknown` for writes).
 //!
-//! Only the soft provider is supported here for now (the node serves `--rdma soft`).
+//! Providers ([`RdmaOptions::provider`]): [`RdmaProvider::Soft`] (the default), the software
+//! provider whose queue pairs run over the set-up TCP connections (a node started with
+//! `--rdma soft`), and, with the cargo feature `rdma-verbs`, `RdmaProvider::Verbs`, libibverbs on
+//! an RDMA device (a node started with `--rdma verbs`). A verbs session opens its protection
+//! domain before it connects (so a machine without a device fails at once, with the device's
+//! error), exchanges addresses over the set-up connections and keeps the control connection open
+//! for its whole life: the shard takes its end-of-file for the client's death, and the client
+//! takes the shard's for the shard's.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -31,12 +38,17 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use corekv_rdma::channel::{ChannelConfig, ChannelError, PAYLOAD_MAX};
-use corekv_rdma::handshake::{Handshake, Mtu, RegionDesc, VERSION};
+use corekv_rdma::handshake::RegionDesc;
 use corekv_rdma::pool::{self, BufferPool, PoolBuf, PoolError};
-use corekv_rdma::provider::{CompletionQueue, MemoryRegion, ProtectionDomain, QpState, QueuePair, RemoteAddr};
-use corekv_rdma::rpc::{Attach, RpcMsg, SoftEndpoint, Status, TOKEN_LEN};
+use corekv_rdma::provider::{CompletionQueue, MemoryRegion, QpState, QueuePair, RemoteAddr};
+use corekv_rdma::rpc::{Attach, Endpoint, PeerQueuePairs, RpcMsg, SessionProvider, Status, TOKEN_LEN};
 use corekv_rdma::session;
-use corekv_rdma::soft::{SoftMr, SoftPd};
+use corekv_rdma::soft::SoftPd;
+/// The verbs provider's device and queue-pair settings (`RdmaProvider::Verbs`).
+#[cfg(feature = "rdma-verbs")]
+pub use corekv_rdma::verbs::VerbsConfig;
+#[cfg(feature = "rdma-verbs")]
+use corekv_rdma::verbs::VerbsPd;
 
 use super::config::{ClientConfig, Reply};
 use super::connection::Connection;
@@ -54,6 +66,30 @@ const MIN_BLOCK: usize = 1024;
 /// Data transfers (pulls) outstanding at once per session.
 const DATA_DEPTH: u32 = 4;
 
+/// The RDMA provider a client's sessions run on; the shard must serve the same one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RdmaProvider {
+    /// The software provider: queue pairs over the set-up TCP connections (`--rdma soft`).
+    #[default]
+    Soft,
+    /// libibverbs on the device, port and GID the configuration names (`--rdma verbs`; cargo
+    /// feature `rdma-verbs`). Each session opens its own protection domain with it.
+    #[cfg(feature = "rdma-verbs")]
+    Verbs(VerbsConfig),
+}
+
+impl RdmaProvider {
+    /// The provider's name, as a node's `--rdma` flag spells it: `soft` or `verbs`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RdmaProvider::Soft => "soft",
+            #[cfg(feature = "rdma-verbs")]
+            RdmaProvider::Verbs(_) => "verbs",
+        }
+    }
+}
+
 /// RDMA settings of the client.
 #[derive(Clone, Debug)]
 pub struct RdmaOptions {
@@ -65,6 +101,8 @@ pub struct RdmaOptions {
     pub response_capacity: usize,
     /// Request messages in flight per session at most (below the session's credits). Default 16.
     pub max_in_flight: usize,
+    /// The provider of the sessions. Default [`RdmaProvider::Soft`].
+    pub provider: RdmaProvider,
 }
 
 impl Default for RdmaOptions {
@@ -73,6 +111,7 @@ impl Default for RdmaOptions {
             pool_bytes: 32 << 20,
             response_capacity: 64 << 10,
             max_in_flight: 16,
+            provider: RdmaProvider::Soft,
         }
     }
 }
@@ -108,102 +147,59 @@ struct InFlight {
     response: PoolBuf,
 }
 
-/// One RDMA session with one shard, as a pipe of native-protocol bytes: [`send`](Self::send)
-/// hands over whole encoded frames (one request message), [`recv`](Self::recv) appends one
-/// request message's response frames. [`Client`] drives one per shard; a load generator that runs
-/// its own codec (such as corekv-bench) can drive them directly, keeping at most
-/// [`RdmaOptions::max_in_flight`] messages outstanding ([`can_send`](Self::can_send)).
-pub struct RdmaStream {
-    endpoint: SoftEndpoint,
-    pool: BufferPool<SoftMr>,
+/// One RDMA session with one shard on provider `P`: what [`RdmaStream`] does, for one provider.
+struct Session<P: SessionProvider> {
+    endpoint: Endpoint<P>,
+    pool: BufferPool<P::Mr>,
     shard_pool: RegionDesc,
     options: RdmaOptions,
     in_flight: VecDeque<InFlight>,
     next_tag: u32,
     next_wr: u64,
-    /// Kept so the domain outlives the endpoint and pool created from it.
-    _pd: SoftPd,
+    /// The control set-up connection, when the provider does not run its links over it (verbs):
+    /// kept open (non-blocking, never read but to notice its end) for the session's life, since
+    /// the shard takes its end-of-file for the client's death, and its end-of-file tells the
+    /// client of the shard's.
+    control: Option<TcpStream>,
+    /// Kept so the domain outlives the endpoint and pool created from it (dropped last).
+    _pd: P,
 }
 
-impl std::fmt::Debug for RdmaStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RdmaStream")
-            .field("endpoint", &self.endpoint)
-            .field("in_flight", &self.in_flight.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RdmaStream {
-    /// Sets a session up with the shard whose RDMA port is `addr` (`host:port`, or
-    /// `rdma://host:port`), as a peer of its own (a fresh node id and epoch).
-    pub fn connect(addr: &str, config: &ClientConfig, options: &RdmaOptions) -> Result<RdmaStream, ClientError> {
-        let (node_id, epoch) = fresh_identity();
-        Self::open(strip_scheme(addr), config, options, node_id, epoch)
-    }
-
-    fn open(
-        addr: &str,
-        config: &ClientConfig,
-        options: &RdmaOptions,
-        node_id: u64,
-        epoch: u64,
-    ) -> Result<RdmaStream, ClientError> {
-        Self::set_up(addr, config, options, node_id, epoch).map_err(|err| match err {
-            // A read timeout of the set-up exchanges reads as EAGAIN: say what it was.
-            ClientError::Io(io) if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                ClientError::from(std::io::Error::new(
-                    ErrorKind::TimedOut,
-                    format!("rdma session set-up with {addr} timed out"),
-                ))
+/// Opens one TCP connection of a session's set-up, with a read timeout so the exchanges cannot
+/// hang.
+fn connect_setup(addr: &str, config: &ClientConfig) -> Result<TcpStream, ClientError> {
+    let mut last = None;
+    for socket_addr in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&socket_addr, config.connect_timeout) {
+            Ok(stream) => {
+                // Soft links clear this when they take the stream over; verbs sessions clear it
+                // on the control connection they keep.
+                stream.set_read_timeout(Some(config.connect_timeout.max(Duration::from_secs(1))))?;
+                return Ok(stream);
             }
-            other => other,
-        })
+            Err(err) => last = Some(err),
+        }
     }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, format!("{addr} resolves to no address")))
+        .into())
+}
 
+impl<P: SessionProvider> Session<P> {
+    /// Sets a session up on `pd` with the shard whose RDMA port is `addr` (`host:port`).
     fn set_up(
+        pd: P,
         addr: &str,
         config: &ClientConfig,
         options: &RdmaOptions,
         node_id: u64,
         epoch: u64,
-    ) -> Result<RdmaStream, ClientError> {
-        let connect = || -> Result<TcpStream, ClientError> {
-            let mut last = None;
-            for socket_addr in addr.to_socket_addrs()? {
-                match TcpStream::connect_timeout(&socket_addr, config.connect_timeout) {
-                    Ok(stream) => {
-                        // The set-up exchanges may not hang; the links clear this afterwards.
-                        stream.set_read_timeout(Some(config.connect_timeout.max(Duration::from_secs(1))))?;
-                        return Ok(stream);
-                    }
-                    Err(err) => last = Some(err),
-                }
-            }
-            Err(last
-                .unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, format!("{addr} resolves to no address")))
-                .into())
-        };
-        let mut control = connect()?;
-        let pd = SoftPd::new();
+    ) -> Result<Self, ClientError> {
+        let mut control = connect_setup(addr, config)?;
         let region = pd.register(options.pool_bytes).map_err(disconnected)?;
         let pool = BufferPool::new(region, MIN_BLOCK).map_err(disconnected)?;
-        let config_channel = ChannelConfig::default();
-        let mut endpoint = SoftEndpoint::new(&pd, config_channel, DATA_DEPTH).map_err(disconnected)?;
-        let ours = Handshake {
-            version: VERSION,
-            node_id,
-            shard_id: 0,
-            epoch,
-            qp_num: endpoint.chan.qp().qp_num(),
-            psn: 0,
-            gid: [0; 16],
-            lid: 0,
-            mtu: Mtu::Mtu4096,
-            recv_ring: endpoint.chan.region().desc(),
-            pool: pool.mr().desc(),
-            credits: config_channel.credits,
-        };
+        let mut endpoint = Endpoint::new(&pd, ChannelConfig::default(), DATA_DEPTH).map_err(disconnected)?;
+        let ours = endpoint.handshake(&pd, node_id, 0, epoch, pool.mr().desc());
         let theirs = session::initiate(&mut control, &ours).map_err(|e| match e {
             session::SessionError::Io(io) => ClientError::from(io),
             other => disconnected(other),
@@ -211,21 +207,32 @@ impl RdmaStream {
         let mut token = [0u8; TOKEN_LEN];
         control.read_exact(&mut token)?;
         let token = u64::from_le_bytes(token);
-        let mut data = connect()?;
-        let attach = Attach {
-            token,
-            qp_num: endpoint.data_qp.qp_num(),
-            psn: 0,
-        };
-        data.write_all(&attach.encode())?;
+        let mut data = connect_setup(addr, config)?;
+        data.write_all(&endpoint.attach(token).encode())?;
         let mut answer = [0u8; Attach::LEN];
         data.read_exact(&mut answer)?;
         let answer = Attach::decode(&answer).map_err(disconnected)?;
         if answer.token != token {
             return Err(disconnected("the shard attached another session's data connection"));
         }
-        endpoint.connect(theirs.credits, control, data).map_err(disconnected)?;
-        Ok(RdmaStream {
+        // A provider that does not take the set-up connections over gets duplicates: the control
+        // connection must stay open for the session's life.
+        let kept = if P::LINKS_OVER_SETUP {
+            None
+        } else {
+            let kept = control.try_clone()?;
+            kept.set_read_timeout(None)?;
+            kept.set_nonblocking(true)?;
+            Some(kept)
+        };
+        let peer = PeerQueuePairs {
+            handshake: theirs,
+            data: answer,
+        };
+        endpoint
+            .connect_to(&pd, theirs.credits, &peer, control, data)
+            .map_err(disconnected)?;
+        Ok(Session {
             endpoint,
             pool,
             shard_pool: theirs.pool,
@@ -233,6 +240,7 @@ impl RdmaStream {
             in_flight: VecDeque::new(),
             next_tag: 0,
             next_wr: 0,
+            control: kept,
             _pd: pd,
         })
     }
@@ -241,29 +249,35 @@ impl RdmaStream {
         self.in_flight.len() >= self.options.max_in_flight
     }
 
-    /// Whether another request message may be sent now (fewer than `max_in_flight` unanswered).
-    pub fn can_send(&self) -> bool {
-        !self.is_full()
-    }
-
-    /// Request messages sent and not answered yet.
-    pub fn in_flight(&self) -> usize {
+    fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
-    /// True unless the session failed (the shard went away) since its last use.
-    pub fn alive(&mut self) -> bool {
+    /// Whether the shard closed the control connection a verbs session keeps (always false for
+    /// a provider whose links run over it: they report a lost link themselves).
+    fn control_closed(&self) -> bool {
+        let Some(control) = &self.control else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        match control.peek(&mut byte) {
+            Ok(0) => true,
+            // The shard sends nothing on it after the set-up; bytes there are not an end.
+            Ok(_) => false,
+            Err(err) => !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        }
+    }
+
+    fn alive(&mut self) -> bool {
         self.endpoint.chan.progress().is_ok()
             && self.endpoint.chan.error().is_none()
             && self.endpoint.chan.qp().state() == QpState::Rts
             && self.endpoint.data_qp.state() == QpState::Rts
+            && !self.control_closed()
     }
 
-    /// Sends `frames` (whole encoded frames) as one request message; the caller keeps below
-    /// `max_in_flight` ([`can_send`](Self::can_send)). Parks until `deadline` at most when the
-    /// control channel is out of credits.
-    pub fn send(&mut self, frames: &[u8], deadline: Instant) -> Result<(), ClientError> {
-        let too_large = |pool: &BufferPool<SoftMr>| {
+    fn send(&mut self, frames: &[u8], deadline: Instant) -> Result<(), ClientError> {
+        let too_large = |pool: &BufferPool<P::Mr>| {
             disconnected(format!(
                 "a request of {} bytes does not fit the session's pool ({} bytes, {} in use)",
                 frames.len(),
@@ -307,9 +321,7 @@ impl RdmaStream {
         Ok(())
     }
 
-    /// Waits until `deadline` for one response message and appends its frames to `input`.
-    /// `Ok(false)` when the deadline passed first.
-    pub fn recv(&mut self, input: &mut bytes::BytesMut, deadline: Instant) -> Result<bool, ClientError> {
+    fn recv(&mut self, input: &mut bytes::BytesMut, deadline: Instant) -> Result<bool, ClientError> {
         let mut buf = [0u8; PAYLOAD_MAX];
         let len = loop {
             if let Some(len) = self.endpoint.chan.try_recv(&mut buf).map_err(disconnected)? {
@@ -397,6 +409,122 @@ impl RdmaStream {
             .send_blocking(&release, timeout)
             .map_err(disconnected)?;
         Ok(())
+    }
+}
+
+/// A session on one of the providers.
+enum AnySession {
+    Soft(Session<SoftPd>),
+    #[cfg(feature = "rdma-verbs")]
+    Verbs(Session<VerbsPd>),
+}
+
+/// Runs `$body` with `$session` bound to the session, whatever its provider.
+macro_rules! dispatch {
+    ($any:expr, $session:ident => $body:expr) => {
+        match $any {
+            AnySession::Soft($session) => $body,
+            #[cfg(feature = "rdma-verbs")]
+            AnySession::Verbs($session) => $body,
+        }
+    };
+}
+
+/// One RDMA session with one shard, as a pipe of native-protocol bytes: [`send`](Self::send)
+/// hands over whole encoded frames (one request message), [`recv`](Self::recv) appends one
+/// request message's response frames. [`Client`] drives one per shard; a load generator that runs
+/// its own codec (such as corekv-bench) can drive them directly, keeping at most
+/// [`RdmaOptions::max_in_flight`] messages outstanding ([`can_send`](Self::can_send)). The
+/// provider is [`RdmaOptions::provider`].
+pub struct RdmaStream {
+    session: AnySession,
+}
+
+impl std::fmt::Debug for RdmaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let provider = match &self.session {
+            AnySession::Soft(_) => RdmaProvider::Soft.name(),
+            #[cfg(feature = "rdma-verbs")]
+            AnySession::Verbs(_) => "verbs",
+        };
+        dispatch!(&self.session, s => f
+            .debug_struct("RdmaStream")
+            .field("provider", &provider)
+            .field("endpoint", &s.endpoint)
+            .field("in_flight", &s.in_flight.len())
+            .finish_non_exhaustive())
+    }
+}
+
+impl RdmaStream {
+    /// Sets a session up with the shard whose RDMA port is `addr` (`host:port`, or
+    /// `rdma://host:port`), as a peer of its own (a fresh node id and epoch).
+    pub fn connect(addr: &str, config: &ClientConfig, options: &RdmaOptions) -> Result<RdmaStream, ClientError> {
+        let (node_id, epoch) = fresh_identity();
+        Self::open(strip_scheme(addr), config, options, node_id, epoch)
+    }
+
+    fn open(
+        addr: &str,
+        config: &ClientConfig,
+        options: &RdmaOptions,
+        node_id: u64,
+        epoch: u64,
+    ) -> Result<RdmaStream, ClientError> {
+        // The protection domain first: a missing or misnamed device is reported as such, before
+        // any connection is tried.
+        let session = match &options.provider {
+            RdmaProvider::Soft => {
+                Session::set_up(SoftPd::new(), addr, config, options, node_id, epoch).map(AnySession::Soft)
+            }
+            #[cfg(feature = "rdma-verbs")]
+            RdmaProvider::Verbs(verbs) => {
+                let pd = VerbsPd::open(verbs.clone()).map_err(|e| disconnected(format!("verbs device: {e}")))?;
+                Session::set_up(pd, addr, config, options, node_id, epoch).map(AnySession::Verbs)
+            }
+        };
+        session.map(|session| RdmaStream { session }).map_err(|err| match err {
+            // A read timeout of the set-up exchanges reads as EAGAIN: say what it was.
+            ClientError::Io(io) if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                ClientError::from(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("rdma session set-up with {addr} timed out"),
+                ))
+            }
+            other => other,
+        })
+    }
+
+    fn is_full(&self) -> bool {
+        dispatch!(&self.session, s => s.is_full())
+    }
+
+    /// Whether another request message may be sent now (fewer than `max_in_flight` unanswered).
+    pub fn can_send(&self) -> bool {
+        !self.is_full()
+    }
+
+    /// Request messages sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        dispatch!(&self.session, s => s.in_flight())
+    }
+
+    /// True unless the session failed (the shard went away) since its last use.
+    pub fn alive(&mut self) -> bool {
+        dispatch!(&mut self.session, s => s.alive())
+    }
+
+    /// Sends `frames` (whole encoded frames) as one request message; the caller keeps below
+    /// `max_in_flight` ([`can_send`](Self::can_send)). Parks until `deadline` at most when the
+    /// control channel is out of credits.
+    pub fn send(&mut self, frames: &[u8], deadline: Instant) -> Result<(), ClientError> {
+        dispatch!(&mut self.session, s => s.send(frames, deadline))
+    }
+
+    /// Waits until `deadline` for one response message and appends its frames to `input`.
+    /// `Ok(false)` when the deadline passed first.
+    pub fn recv(&mut self, input: &mut bytes::BytesMut, deadline: Instant) -> Result<bool, ClientError> {
+        dispatch!(&mut self.session, s => s.recv(input, deadline))
     }
 }
 
@@ -588,5 +716,43 @@ mod tests {
         };
         let err = Client::connect(format!("rdma://{addr}"), config).unwrap_err();
         assert!(matches!(err, ClientError::Io(_)), "{err}");
+    }
+
+    #[test]
+    fn options_default_to_the_soft_provider() {
+        assert_eq!(RdmaOptions::default().provider, RdmaProvider::Soft);
+        assert_eq!(RdmaProvider::default().name(), "soft");
+    }
+
+    /// Without an RDMA device (as on CI), a verbs session fails on opening its protection domain,
+    /// before it connects: the seed here accepts TCP, and sees no connection.
+    #[cfg(feature = "rdma-verbs")]
+    #[test]
+    fn verbs_without_a_device_fails_before_connecting() {
+        if !corekv_rdma::verbs::device_names().is_empty() {
+            eprintln!("skipped: this machine has RDMA devices");
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let seed = format!("rdma://{}", listener.local_addr().unwrap());
+        let options = RdmaOptions {
+            provider: RdmaProvider::Verbs(VerbsConfig::default()),
+            ..RdmaOptions::default()
+        };
+        let err = RdmaStream::connect(&seed, &ClientConfig::default(), &options).unwrap_err();
+        assert!(matches!(err, ClientError::Disconnected { .. }), "{err}");
+        assert!(err.to_string().contains("no RDMA devices"), "{err}");
+        let config = ClientConfig {
+            max_retries: 0,
+            ..ClientConfig::default()
+        };
+        let err = Client::connect_with(seed, config, options).unwrap_err();
+        assert!(err.to_string().contains("no RDMA devices"), "{err}");
+        listener.set_nonblocking(true).unwrap();
+        assert_eq!(
+            listener.accept().map(drop).unwrap_err().kind(),
+            ErrorKind::WouldBlock,
+            "no set-up connection was opened"
+        );
     }
 }

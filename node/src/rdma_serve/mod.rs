@@ -494,6 +494,8 @@ impl<P: SessionProvider + 'static> ShardRdma<P> {
             ticket,
             pulled: HashMap::new(),
             next_wr: 0,
+            input: bytes::BytesMut::new(),
+            out: bytes::BytesMut::new(),
         };
         let result = session.run().await;
         session.release_all();

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -53,7 +54,8 @@ struct Job {
     response_capacity: u32,
     /// Set once the answer is decided without executing (refused) or after executing.
     status: Option<Status>,
-    out: BytesMut,
+    /// Its response frames: this range of the session's `out`.
+    out: Range<usize>,
     response: Option<PoolBuf>,
     pull_offset: u64,
 }
@@ -72,6 +74,10 @@ pub(super) struct Session<P: SessionProvider> {
     /// Responses waiting for the client to read them (PULL), by tag.
     pub pulled: HashMap<u32, PoolBuf>,
     pub next_wr: u64,
+    /// The frames of the message being run (reused).
+    pub input: BytesMut,
+    /// The response frames of the batch being served, each job's in its own range (reused).
+    pub out: BytesMut,
 }
 
 /// What woke an idle session.
@@ -144,6 +150,7 @@ impl<P: SessionProvider> Session<P> {
     /// Serves one batch of control messages; true when the session must end after it.
     async fn serve_batch(&mut self, batch: &[RpcMsg], jobs: &mut Vec<Job>) -> Result<bool, PeerError> {
         let mut reads = 0;
+        self.out.clear();
         for msg in batch.iter() {
             match *msg {
                 RpcMsg::Release { tag } => {
@@ -167,7 +174,7 @@ impl<P: SessionProvider> Session<P> {
                         response_offset,
                         response_capacity,
                         status: None,
-                        out: BytesMut::new(),
+                        out: 0..0,
                         response: None,
                         pull_offset: 0,
                     };
@@ -227,26 +234,24 @@ impl<P: SessionProvider> Session<P> {
             let Some(block) = job.frames.take() else {
                 continue;
             };
-            let mut input = BytesMut::zeroed(block.len());
+            // The session's buffers are reused from message to message: once a message is
+            // answered nothing refers to its input any more, so no allocation after the first few.
+            let (input, out) = (&mut self.input, &mut self.out);
+            input.clear();
+            input.resize(block.len(), 0);
             {
                 let mut pool = self.rdma.pool.borrow_mut();
-                let read = pool.read(&block, &mut input);
+                let read = pool.read(&block, input);
                 pool.free(block)?;
                 read?;
             }
+            let start = out.len();
             let mut decoder = FrameDecoder::new(Limits::default());
-            close |= answer_frames(
-                &self.rdma.shard,
-                &mut decoder,
-                &mut input,
-                &mut job.out,
-                &transport,
-                &mut answered,
-            );
+            close |= answer_frames(&self.rdma.shard, &mut decoder, input, out, &transport, &mut answered);
             if !input.is_empty() && !close {
                 // A message must carry whole frames: a truncated one cannot be answered.
                 corekv_net::native::write_error(
-                    &mut job.out,
+                    out,
                     0,
                     false,
                     corekv_net::native::ErrorCode::MALFORMED,
@@ -254,6 +259,7 @@ impl<P: SessionProvider> Session<P> {
                 );
                 close = true;
             }
+            job.out = start..out.len();
             job.status = Some(Status::Written);
         }
         if let Some(stats) = self.stats() {
@@ -271,20 +277,21 @@ impl<P: SessionProvider> Session<P> {
             if job.status != Some(Status::Written) {
                 continue;
             }
-            let fits = job.out.len().max(1) <= job.response_capacity as usize;
+            let response = &self.out[job.out.clone()];
+            let fits = response.len().max(1) <= job.response_capacity as usize;
             // A client that never releases what it pulled gets no more pulls (bounded memory).
             if !fits && self.pulled.len() >= MAX_PULLED {
                 job.status = Some(Status::Lost);
                 continue;
             }
-            let block = self.rdma.pool.borrow_mut().alloc(job.out.len().max(1));
+            let block = self.rdma.pool.borrow_mut().alloc(response.len().max(1));
             let Some(block) = block else {
                 job.status = Some(Status::Lost);
                 continue;
             };
             let block = job.response.insert(block);
             let pool = self.rdma.pool.borrow();
-            pool.write(block, &job.out)?;
+            pool.write(block, response)?;
             if fits {
                 let remote = self.peer_addr(job.response_offset);
                 pool::post_write(&self.endpoint.data_qp, &pool, block, remote, self.next_wr)?;

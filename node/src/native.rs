@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use corekv_engine::{EngineError, Expiry, Keyspace};
@@ -170,8 +171,13 @@ pub fn answer_frames(
                 let crc = frame.header.flags.contains(Flags::HAS_CRC);
                 match Request::decode(frame, decoder.limits()) {
                     Ok(request) => {
+                        let started = Instant::now();
+                        let name = command_name(&request);
                         if execute(shard, id, crc, &request, out, transport) {
                             answered.wrong_shard += 1;
+                            shard.commands.borrow_mut().record_rejected(name);
+                        } else {
+                            shard.commands.borrow_mut().record_call(name, started.elapsed());
                         }
                     }
                     Err(error) => Response::encode_error(&error, id, crc, out),
@@ -186,6 +192,27 @@ pub fn answer_frames(
                 return true;
             }
         }
+    }
+}
+
+/// The name a request is counted under in `INFO commandstats` (and `total_commands_processed`):
+/// the RESP command doing the same, or the operation's own name where RESP has none (CAS,
+/// TOPOLOGY).
+fn command_name(request: &Request) -> &'static str {
+    match request {
+        Request::Ping => "ping",
+        Request::Get { .. } => "get",
+        Request::Set { .. } => "set",
+        Request::Del { .. } => "del",
+        Request::MGet(_) => "mget",
+        Request::MSet(_) => "mset",
+        Request::Cas { .. } => "cas",
+        Request::Incr { .. } => "incrby",
+        Request::Expire { ttl_ms: 0, .. } => "persist",
+        Request::Expire { .. } => "pexpire",
+        Request::Ttl { .. } => "pttl",
+        Request::Exists { .. } => "exists",
+        Request::Topology => "topology",
     }
 }
 

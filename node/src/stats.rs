@@ -22,7 +22,12 @@ pub struct CommandStats {
 
 impl CommandStats {
     pub fn record(&mut self, spec: &'static CommandSpec, elapsed: Duration) {
-        let stat = self.by_name.entry(spec.name).or_default();
+        self.record_call(spec.name, elapsed);
+    }
+
+    /// A call by name: a RESP command's, or the RESP name of a native request (`native.rs`).
+    pub fn record_call(&mut self, name: &'static str, elapsed: Duration) {
+        let stat = self.by_name.entry(name).or_default();
         stat.calls += 1;
         stat.usec += elapsed.as_micros() as u64;
     }

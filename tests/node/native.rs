@@ -364,6 +364,17 @@ fn a_misrouted_key_is_refused_and_counted_and_nothing_crosses_shards() {
     );
     let stats: String = redis::cmd("INFO").arg("stats").query(&mut redis).unwrap();
     assert!(stats.contains("cross_shard_commands:0"), "{stats}");
+    // Native requests are counted like RESP commands, under the RESP command's name; a refused
+    // one as a rejected call.
+    let commands: String = redis::cmd("INFO").arg("commandstats").query(&mut redis).unwrap();
+    for (name, calls, rejected) in [("ping", 1, 0), ("get", 1, 0), ("set", 0, 1)] {
+        let line = commands
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
+            .unwrap_or_else(|| panic!("no cmdstat_{name} in {commands}"));
+        assert!(line.starts_with(&format!("cmdstat_{name}:calls={calls},")), "{line}");
+        assert!(line.contains(&format!(",rejected_calls={rejected},")), "{line}");
+    }
 }
 
 #[test]

@@ -190,6 +190,13 @@ fn every_native_operation_over_rdma_on_both_shards() {
     // No cross-shard traffic on the node either.
     let stats = Info::get(&mut node.client(), "stats");
     assert_eq!(stats.int("cross_shard_commands"), 0, "{}", stats.text);
+    // Requests over RDMA count as commands, like every other transport's.
+    let requests: u64 = (0..SHARDS).map(|s| stat(&rdma_shard_stats(&node, s), "requests")).sum();
+    assert!(
+        stats.int("total_commands_processed") as u64 >= requests,
+        "{requests} rdma requests: {}",
+        stats.text
+    );
 
     // The same data is visible over RESP (which may forward the key to its shard).
     let (key, value) = &pairs[0];

@@ -84,16 +84,7 @@ impl ShardConn {
 
     /// Decodes the responses already received.
     fn drain(&mut self, events: &mut Vec<Event>) {
-        loop {
-            match self.conn.poll_completion() {
-                Ok(Some(completion)) => events.push((completion.token, Ok(completion.response))),
-                Ok(None) => return,
-                Err(failed) => {
-                    events.extend(failed.into_iter().map(|(token, err)| (token, Err(err))));
-                    return;
-                }
-            }
-        }
+        self.conn.drain_into(events);
     }
 
     /// Waits for bytes (until the earliest deadline) and decodes them; fails the connection on

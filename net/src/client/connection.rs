@@ -210,6 +210,21 @@ impl<T> Connection<T> {
         self.failed.as_ref()
     }
 
+    /// Decodes every response already received into `events`, each with its token; if the
+    /// connection fails meanwhile, its outstanding requests follow with their errors.
+    pub fn drain_into(&mut self, events: &mut Vec<(T, Result<Response, ClientError>)>) {
+        loop {
+            match self.poll_completion() {
+                Ok(Some(completion)) => events.push((completion.token, Ok(completion.response))),
+                Ok(None) => return,
+                Err(failed) => {
+                    events.extend(failed.into_iter().map(|(token, err)| (token, Err(err))));
+                    return;
+                }
+            }
+        }
+    }
+
     /// Decodes the next response out of the receive buffer. `Ok(None)`: more bytes are needed.
     /// `Err`: the connection failed; [`Connection::fail`] has already been called, and its
     /// outstanding requests are returned for the driver to report.

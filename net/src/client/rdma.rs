@@ -562,17 +562,9 @@ impl ShardConn {
         }
     }
 
+    /// Decodes the responses already received.
     fn drain(&mut self, events: &mut Vec<Event>) {
-        loop {
-            match self.conn.poll_completion() {
-                Ok(Some(completion)) => events.push((completion.token, Ok(completion.response))),
-                Ok(None) => return,
-                Err(failed) => {
-                    events.extend(failed.into_iter().map(|(token, err)| (token, Err(err))));
-                    return;
-                }
-            }
-        }
+        self.conn.drain_into(events);
     }
 
     /// Waits for one response (until the earliest deadline) and decodes it; fails the session on

@@ -63,6 +63,9 @@ pub enum Expiry {
     At(u64),
 }
 
+/// A pair [`Keyspace::set_all`] has written, and what its key held before (value and expiry).
+type Undo<'a> = (&'a [u8], Option<(Vec<u8>, Option<u64>)>);
+
 /// Metadata about a live key (OBJECT, TTL, TYPE...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ValueInfo {
@@ -442,6 +445,51 @@ impl Keyspace {
             j.append(RecordType::Set, db as u16, key, value, new_ttl.unwrap_or(0));
         }
         Ok(())
+    }
+
+    /// Writes every pair without a TTL (MSET), or none of them: when one is refused, the pairs
+    /// written before it get their previous value and TTL back (or are removed again if they were
+    /// absent) and the refusal is returned. Keys evicted to make room stay evicted, as when a single
+    /// write is refused after evicting. The undo log copies only the values being overwritten.
+    pub fn set_all<'a>(
+        &mut self,
+        db: usize,
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        let mut undo: Vec<Undo<'a>> = Vec::new();
+        for (key, value) in pairs {
+            let previous = self.lookup(db, key, now_ms).map(|h| {
+                let buf = self.mem.bytes(h);
+                (item::value(buf).to_vec(), item::expire_at(buf))
+            });
+            if let Err(refusal) = self.set(db, key, value, Expiry::Persist, now_ms) {
+                self.undo_writes(db, undo, now_ms);
+                return Err(refusal);
+            }
+            undo.push((key, previous));
+        }
+        Ok(())
+    }
+
+    /// Puts back what `set_all` overwrote, newest first (so each write's memory is released
+    /// before the one before it is restored, and a key written twice ends with its first value).
+    fn undo_writes(&mut self, db: usize, undo: Vec<Undo<'_>>, now_ms: u64) {
+        for (key, previous) in undo.into_iter().rev() {
+            match previous {
+                None => {
+                    self.remove(db, key, now_ms);
+                }
+                Some((value, expire_at)) => {
+                    let expiry = expire_at.map_or(Expiry::Persist, Expiry::At);
+                    // The old value fitted a moment ago and its memory was just released (the
+                    // chunk of its class, or the page it moved to): restoring it can only fail if
+                    // eviction is off and another class took that page meanwhile. The key then
+                    // keeps the new value, which is the best left to do.
+                    let _ = self.set(db, key, &value, expiry, now_ms);
+                }
+            }
+        }
     }
 
     /// Bytes `used_bytes` would grow by if `want` were written now.
@@ -1374,6 +1422,46 @@ mod tests {
         assert!(k.memory_stats().used_bytes <= max);
         // Keys with a TTL can be written by evicting other keys with a TTL, never persistent ones.
         k.set_limits(max, EvictionPolicy::VolatileLru);
+        check_accounting(&k);
+    }
+
+    #[test]
+    fn set_all_writes_every_pair_or_none() {
+        let max = 2u64 << 20;
+        let mut k = ks(1, max, EvictionPolicy::NoEviction);
+        k.set(0, b"old", b"before", Expiry::At(10_000), 0).unwrap();
+        k.set_all(0, [(&b"a"[..], &b"1"[..]), (b"old", b"after")], 0).unwrap();
+        assert_eq!(k.get(0, b"a", 0), Some(&b"1"[..]));
+        assert_eq!(k.get(0, b"old", 0), Some(&b"after"[..]));
+        assert_eq!(k.info(0, b"old", 0).unwrap().expire_at_ms, None, "MSET clears the TTL");
+
+        // Fill the budget, then an MSET whose last pair cannot fit.
+        k.set(0, b"old", b"before", Expiry::At(10_000), 0).unwrap();
+        let mut i = 0u32;
+        while k.set(0, &i.to_le_bytes(), &[1u8; 300], Expiry::Persist, 0).is_ok() {
+            i += 1;
+        }
+        let len = k.len(0);
+        let used = k.memory_stats().used_bytes;
+        let big = vec![9u8; 1_500_000];
+        let refused = k.set_all(
+            0,
+            [
+                (&b"old"[..], &b"new value"[..]),
+                (&0u32.to_le_bytes()[..], &[2u8; 300][..]),
+                (b"absent", b"x"),
+                (b"old", b"twice"),
+                (b"too big", &big[..]),
+            ],
+            0,
+        );
+        assert_eq!(refused, Err(EngineError::OutOfMemory));
+        assert_eq!(k.get(0, b"old", 0), Some(&b"before"[..]), "first value back");
+        assert_eq!(k.info(0, b"old", 0).unwrap().expire_at_ms, Some(10_000), "and its TTL");
+        assert_eq!(k.get(0, &0u32.to_le_bytes(), 0), Some(&[1u8; 300][..]));
+        assert_eq!(k.get(0, b"absent", 0), None);
+        assert_eq!(k.len(0), len);
+        assert!(k.memory_stats().used_bytes <= used.max(max));
         check_accounting(&k);
     }
 

@@ -286,14 +286,15 @@ fn execute_owned(shard: &Shard, id: u64, crc: bool, request: &Request, out: &mut
             values.finish();
         }
         Request::MSet(pairs) => {
-            for entry in pairs {
-                let value = entry.value.as_deref().unwrap_or_default();
-                // A refused pair stops the batch; the pairs before it stay stored.
-                if let Err(e) = ks.set(DB, &entry.key, value, Expiry::Persist, now) {
-                    return engine_error(out, id, crc, &e);
-                }
+            // Every pair or none: a refusal puts back what the batch had written.
+            let entries: Vec<_> = pairs.iter().collect();
+            let pairs = entries
+                .iter()
+                .map(|entry| (&entry.key[..], entry.value.as_deref().unwrap_or_default()));
+            match ks.set_all(DB, pairs, now) {
+                Ok(()) => reply(Response::Ok, out),
+                Err(e) => engine_error(out, id, crc, &e),
             }
-            reply(Response::Ok, out)
         }
         Request::Cas {
             key,

@@ -716,12 +716,9 @@ impl Shard {
                     .collect(),
             ),
             ShardCall::MSet { db, pairs } => {
-                for (key, value) in &pairs {
-                    if let Err(e) = ks.set(db, key, value, Expiry::Persist, now) {
-                        return CallReply::Stored(Err(e));
-                    }
-                }
-                CallReply::Stored(Ok(()))
+                // All of this shard's pairs or none (a refusal puts back what was written).
+                let pairs = pairs.iter().map(|(key, value)| (&key[..], &value[..]));
+                CallReply::Stored(ks.set_all(db, pairs, now))
             }
             ShardCall::Remove { db, keys } => {
                 CallReply::Count(keys.iter().filter(|k| ks.remove(db, k, now)).count() as i64)

@@ -479,6 +479,15 @@ fn server_errors_are_typed() {
     }
     let error = refused.expect("a 2 MB budget refuses 16 MB of values");
     assert!(error.is_out_of_memory(), "{error:?}");
+    // An MSET on one shard that runs out of memory half-way changes nothing on it.
+    c.set("{m}old", b"before", SetOptions::default()).unwrap();
+    let huge = "x".repeat(4 << 20);
+    let pairs =
+        [("{m}old", "after"), ("{m}fresh", "1"), ("{m}big", &huge)].map(|(k, v)| (k.to_string(), v.to_string()));
+    let refused = c.mset(&pairs).unwrap_err();
+    assert!(refused.is_out_of_memory(), "{refused:?}");
+    assert_eq!(c.get("{m}old").unwrap().as_deref(), Some(&b"before"[..]));
+    assert!(!c.exists("{m}fresh").unwrap());
     // Reads and deletes keep working at the budget.
     assert!(c.exists("fill0").unwrap());
     assert!(c.del("fill0").unwrap());

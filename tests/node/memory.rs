@@ -98,6 +98,37 @@ fn noeviction_rejects_writes_but_serves_reads_and_deletes() {
 }
 
 #[test]
+fn an_mset_refused_for_memory_changes_nothing() {
+    let node = Node::start(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let mut c = node.client();
+    check(&mut c, "SET {m}old before", ok());
+    // Fill until the shard of {m} refuses writes.
+    let mut refused = false;
+    for i in 0..(5 * LIMIT as usize / VALUE_LEN) {
+        let r = qa(
+            &mut c,
+            &[b"SET".as_slice(), format!("{{m}}fill:{i}").as_bytes(), &value(i)],
+        );
+        if r != ok() {
+            assert_eq!(r, err(OOM));
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "5x maxmemory was accepted");
+    // Every key of this MSET lives on one shard ({m}): it is applied whole or not at all, even
+    // when only its last value is too big to fit.
+    let big = vec![b'x'; 2 << 20];
+    let r = qa(
+        &mut c,
+        &[&b"MSET"[..], b"{m}old", b"after", b"{m}fresh", b"1", b"{m}big", &big],
+    );
+    assert_eq!(r, err(OOM));
+    check(&mut c, "GET {m}old", bulk("before"));
+    check(&mut c, "EXISTS {m}fresh {m}big", int(0));
+}
+
+#[test]
 fn volatile_policy_without_volatile_keys_answers_oom() {
     let node = Node::start(&["--maxmemory", "8mb", "--maxmemory-policy", "volatile-lru"]);
     let mut c = node.client();

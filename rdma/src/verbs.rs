@@ -69,7 +69,7 @@ pub struct VerbsConfig {
     pub rnr_retry: u8,
     /// Minimum RNR NAK timer code (12 = 0.64 ms).
     pub min_rnr_timer: u8,
-    /// Outstanding RDMA Reads per queue pair, both directions.
+    /// Outstanding RDMA Reads per queue pair, both directions (lowered to the device's limits).
     pub max_rd_atomic: u8,
 }
 
@@ -140,6 +140,8 @@ struct Device {
     lid: u16,
     /// The smaller of the configured MTU and the port's active MTU.
     mtu: Mtu,
+    /// RDMA Reads outstanding per queue pair: the configured count within the device's limits.
+    rd_atomic: u8,
     /// The thread that wakes armed completion queues, started by the first `arm`.
     notifier: Mutex<Option<Arc<Notifier>>>,
 }
@@ -258,8 +260,18 @@ impl VerbsPd {
         } else {
             rc
         };
+        // SAFETY: all-zero is a valid ibv_device_attr (integers and a byte array), filled below.
+        let mut device_attr: ibv_device_attr = unsafe { std::mem::zeroed() };
+        let rc_device = if rc_gid == 0 {
+            // SAFETY: `context` is open and `device_attr` is a valid out-pointer.
+            unsafe { ibv_query_device(context, &mut device_attr) }
+        } else {
+            rc_gid
+        };
+        // A port that is down would only show up later, as connections that never complete.
+        let inactive = rc_device == 0 && port_attr.state != ibv_port_state::IBV_PORT_ACTIVE;
         // SAFETY: `context` is open.
-        let pd = if rc_gid == 0 {
+        let pd = if rc_device == 0 && !inactive {
             unsafe { ibv_alloc_pd(context) }
         } else {
             ptr::null_mut()
@@ -269,6 +281,19 @@ impl VerbsPd {
                 rc_error("ibv_query_port", rc)
             } else if rc_gid != 0 {
                 rc_error("ibv_query_gid", rc_gid)
+            } else if rc_device != 0 {
+                rc_error("ibv_query_device", rc_device)
+            } else if inactive {
+                let state = match port_attr.state {
+                    ibv_port_state::IBV_PORT_DOWN => "DOWN",
+                    ibv_port_state::IBV_PORT_INIT => "INIT",
+                    ibv_port_state::IBV_PORT_ARMED => "ARMED",
+                    _ => "not active",
+                };
+                RdmaError::InvalidConfig(format!(
+                    "port {} is {state}, not ACTIVE (`ibv_devinfo` shows the ports' states)",
+                    config.port
+                ))
             } else {
                 os_error("ibv_alloc_pd")
             };
@@ -276,6 +301,10 @@ impl VerbsPd {
             unsafe { ibv_close_device(context) };
             return Err(err);
         }
+        // Outstanding RDMA Reads per queue pair: what was asked for, within what the device takes
+        // (asking for more makes ibv_modify_qp fail with EINVAL).
+        let device_rd_atomic = device_attr.max_qp_rd_atom.min(device_attr.max_qp_init_rd_atom).max(1);
+        let rd_atomic = u8::try_from(device_rd_atomic).map_or(config.max_rd_atomic, |d| d.min(config.max_rd_atomic));
         Ok(Self {
             device: Arc::new(Device {
                 context,
@@ -284,6 +313,7 @@ impl VerbsPd {
                 gid: unsafe { gid.raw },
                 lid: port_attr.lid,
                 mtu: Mtu::from_code(port_attr.active_mtu as u8).map_or(config.mtu, |active| active.min(config.mtu)),
+                rd_atomic,
                 config,
                 notifier: Mutex::new(None),
             }),
@@ -1119,7 +1149,7 @@ impl QueuePair for VerbsQp {
             attr.path_mtu = verbs_mtu(remote.mtu);
             attr.dest_qp_num = remote.qp_num;
             attr.rq_psn = remote.psn;
-            attr.max_dest_rd_atomic = config.max_rd_atomic;
+            attr.max_dest_rd_atomic = self.device.rd_atomic;
             attr.min_rnr_timer = config.min_rnr_timer;
             attr.ah_attr.dlid = remote.lid;
             attr.ah_attr.sl = 0;
@@ -1129,7 +1159,8 @@ impl QueuePair for VerbsQp {
                 attr.ah_attr.is_global = 1;
                 attr.ah_attr.grh.dgid = ibv_gid { raw: remote.gid };
                 attr.ah_attr.grh.sgid_index = config.gid_index;
-                attr.ah_attr.grh.hop_limit = 1;
+                // RoCE v2 packets are routable: let them cross IP routers.
+                attr.ah_attr.grh.hop_limit = 64;
             }
             ibv_qp_attr_mask(
                 ibv_qp_attr_mask::IBV_QP_AV.0
@@ -1152,7 +1183,7 @@ impl QueuePair for VerbsQp {
             attr.retry_cnt = config.retry_cnt;
             attr.rnr_retry = config.rnr_retry;
             attr.sq_psn = psn;
-            attr.max_rd_atomic = config.max_rd_atomic;
+            attr.max_rd_atomic = self.device.rd_atomic;
             ibv_qp_attr_mask(
                 ibv_qp_attr_mask::IBV_QP_TIMEOUT.0
                     | ibv_qp_attr_mask::IBV_QP_RETRY_CNT.0

@@ -21,7 +21,9 @@
 //!   channel), `arm` falls back to waking at once: the task then polls and yields;
 //! - queue pairs take the settings others found to work: timeout 14 (about 67 ms), retry count
 //!   7, minimum RNR timer 12 (0.64 ms), and a *finite* RNR retry count of 6, since 7 means "retry
-//!   forever" and hangs a connection whose receiver stopped posting.
+//!   forever" and hangs a connection whose receiver stopped posting; outstanding RDMA Reads are
+//!   kept within the device's limits, and Sends and Writes of up to one control message (128
+//!   bytes) are posted inline when the device allows it.
 //!
 //! Posting checks the state this side last moved the queue pair to. The NIC can move it to ERROR
 //! on its own; verbs then accepts posts and completes them with [`WcStatus::WrFlushErr`], which is
@@ -424,12 +426,25 @@ impl ProtectionDomain for VerbsPd {
         init.cap.max_recv_sge = 1;
         init.qp_type = ibv_qp_type::IBV_QPT_RC;
         init.sq_sig_all = 0;
-        // SAFETY: the protection domain and both CQs are valid and outlive the QP (it holds them).
-        let qp = unsafe { ibv_create_qp(self.device.pd, &mut init) };
+        // Control messages are small: carried inside the work request (IBV_SEND_INLINE), the NIC
+        // skips a DMA read of the buffer. A device that cannot inline that much gets a queue pair
+        // without (the second attempt).
+        let mut qp = ptr::null_mut();
+        for inline in [INLINE_WANTED, 0] {
+            init.cap.max_inline_data = inline;
+            // SAFETY: the protection domain and both CQs are valid and outlive the QP (it holds
+            // them); `init` is fully initialised.
+            qp = unsafe { ibv_create_qp(self.device.pd, &mut init) };
+            if !qp.is_null() {
+                break;
+            }
+        }
         if qp.is_null() {
             return Err(os_error("ibv_create_qp"));
         }
         Ok(VerbsQp {
+            // What the device granted (it may round up).
+            max_inline: init.cap.max_inline_data,
             device: self.device.clone(),
             _cqs: [send_cq.inner.clone(), recv_cq.inner.clone()],
             qp,
@@ -551,6 +566,9 @@ impl Drop for CqRaw {
         }
     }
 }
+
+/// The inline size asked for at queue-pair creation: one control message.
+const INLINE_WANTED: u32 = crate::channel::MSG_LEN as u32;
 
 /// Makes a descriptor non-blocking.
 fn set_nonblocking(fd: RawFd) -> Result<(), RdmaError> {
@@ -1027,6 +1045,8 @@ pub struct VerbsQp {
     state: Mutex<QpState>,
     /// This side's initial send PSN, learned at RTR, applied at RTS.
     psn: Mutex<u32>,
+    /// Sends and Writes of at most this many bytes are posted inline.
+    max_inline: u32,
 }
 
 // SAFETY: see `Device`; posting and modifying are thread-safe in libibverbs.
@@ -1215,6 +1235,10 @@ impl QueuePair for VerbsQp {
         } else {
             0
         };
+        // Inline only applies to what the NIC reads locally (a Read writes the local buffer).
+        if !matches!(wr.op, SendOp::RdmaRead { .. }) && sg.length <= self.max_inline {
+            swr.send_flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+        }
         match wr.op {
             SendOp::Send => swr.opcode = ibv_wr_opcode::IBV_WR_SEND,
             SendOp::RdmaWrite { remote } | SendOp::RdmaRead { remote } => {

@@ -216,6 +216,145 @@ macro_rules! expect_reply {
 }
 pub(crate) use expect_reply;
 
+/// The operations every client has, over its `one` (and `run`): `receiver` is `&mut` (blocking
+/// clients) or `&` (the tokio client), `asyncness` empty or `async`, and `await` what follows each
+/// call to `one`/`run` (empty or `.await`). The two methods whose docs differ between clients take
+/// their doc comments from the invocation. `self` is written here, in the parameter lists and the
+/// bodies alike, so that both come from the same syntax context.
+macro_rules! operation_methods {
+    (
+        receiver: [$($receiver:tt)*],
+        asyncness: [$($asyncness:tt)*],
+        await: [$($await:tt)*],
+        $(#[$execute_doc:meta])*
+        execute;
+        $(#[$mget_doc:meta])*
+        mget;
+    ) => {
+        $(#[$execute_doc])*
+        pub $($asyncness)* fn execute(
+            $($receiver)* self,
+            pipeline: &$crate::client::Pipeline,
+        ) -> Vec<::std::result::Result<$crate::client::Reply, $crate::client::ClientError>> {
+            self.run(pipeline.ops.clone())$($await)*
+        }
+
+        pub $($asyncness)* fn ping($($receiver)* self) -> ::std::result::Result<(), $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::<&[u8]>::Ping)$($await)*, $crate::client::Reply::Done => ())
+        }
+
+        /// The value of `key`, a slice of the received frame (no copy).
+        pub $($asyncness)* fn get(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+        ) -> ::std::result::Result<Option<::bytes::Bytes>, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Get(key.as_ref()))$($await)*, $crate::client::Reply::Value(value) => value)
+        }
+
+        /// Stores `value` (encoded straight from the caller's bytes); false when the condition (NX/XX)
+        /// prevented the store.
+        pub $($asyncness)* fn set(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+            value: impl AsRef<[u8]>,
+            options: $crate::client::SetOptions,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Set {
+                key: key.as_ref(),
+                value: value.as_ref(),
+                ttl_ms: $crate::client::config::ttl_ms(options.ttl),
+                condition: options.condition,
+            };
+            $crate::client::expect_reply!(self.one(op)$($await)*, $crate::client::Reply::Bool(stored) => stored)
+        }
+
+        /// Removes `key`; true if it existed.
+        pub $($asyncness)* fn del(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Del(key.as_ref()))$($await)*, $crate::client::Reply::Bool(removed) => removed)
+        }
+
+        $(#[$mget_doc])*
+        pub $($asyncness)* fn mget<K: AsRef<[u8]>>(
+            $($receiver)* self,
+            keys: &[K],
+        ) -> ::std::result::Result<Vec<Option<::bytes::Bytes>>, $crate::client::ClientError> {
+            let keys = keys.iter().map(AsRef::as_ref).collect();
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::MGet(keys))$($await)*, $crate::client::Reply::Values(values) => values)
+        }
+
+        /// Stores every pair (one MSET frame per shard; a shard stores all of its pairs or none).
+        /// If an error is returned, the shards whose frames succeeded have stored their pairs.
+        pub $($asyncness)* fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+            $($receiver)* self,
+            pairs: &[(K, V)],
+        ) -> ::std::result::Result<(), $crate::client::ClientError> {
+            let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::MSet(pairs))$($await)*, $crate::client::Reply::Done => ())
+        }
+
+        /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
+        pub $($asyncness)* fn cas(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+            expected: impl AsRef<[u8]>,
+            new: impl AsRef<[u8]>,
+            ttl: Option<::std::time::Duration>,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Cas {
+                key: key.as_ref(),
+                expected: expected.as_ref(),
+                value: new.as_ref(),
+                ttl_ms: $crate::client::config::ttl_ms(ttl),
+            };
+            $crate::client::expect_reply!(self.one(op)$($await)*, $crate::client::Reply::Bool(swapped) => swapped)
+        }
+
+        /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
+        pub $($asyncness)* fn incr(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+            delta: i64,
+        ) -> ::std::result::Result<i64, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Incr {
+                key: key.as_ref(),
+                delta,
+            };
+            $crate::client::expect_reply!(self.one(op)$($await)*, $crate::client::Reply::Integer(value) => value)
+        }
+
+        /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
+        pub $($asyncness)* fn expire(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+            ttl: Option<::std::time::Duration>,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            let op = $crate::client::plan::Op::Expire {
+                key: key.as_ref(),
+                ttl_ms: $crate::client::config::ttl_ms(ttl),
+            };
+            $crate::client::expect_reply!(self.one(op)$($await)*, $crate::client::Reply::Bool(exists) => exists)
+        }
+
+        pub $($asyncness)* fn ttl(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+        ) -> ::std::result::Result<$crate::client::Ttl, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Ttl(key.as_ref()))$($await)*, $crate::client::Reply::Ttl(ttl) => ttl)
+        }
+
+        pub $($asyncness)* fn exists(
+            $($receiver)* self,
+            key: impl AsRef<[u8]>,
+        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
+            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Exists(key.as_ref()))$($await)*, $crate::client::Reply::Bool(exists) => exists)
+        }
+    };
+}
+pub(crate) use operation_methods;
+
 /// What the blocking client and the RDMA client share word for word: the rounds that route a
 /// [`Plan`](plan::Plan) over one connection per shard (`run`, `one`), the topology, and the
 /// operations. The client type provides `ShardConn` (with `conn`, `flush`, `read_some`,
@@ -372,97 +511,15 @@ macro_rules! blocking_operations {
             }
         }
 
-        /// Sends every operation of `pipeline` (to whichever shards they go) and returns their
-        /// results in submission order. Each operation is retried on its own.
-        pub fn execute(&mut self, pipeline: &$crate::client::Pipeline) -> Vec<::std::result::Result<$crate::client::Reply, $crate::client::ClientError>> {
-            self.run(pipeline.ops.clone())
-        }
-
-        pub fn ping(&mut self) -> ::std::result::Result<(), $crate::client::ClientError> {
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::<&[u8]>::Ping), $crate::client::Reply::Done => ())
-        }
-
-        /// The value of `key`, a slice of the received frame (no copy).
-        pub fn get(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<Option<::bytes::Bytes>, $crate::client::ClientError> {
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Get(key.as_ref())), $crate::client::Reply::Value(value) => value)
-        }
-
-        /// Stores `value` (encoded straight from the caller's bytes); false when the condition (NX/XX)
-        /// prevented the store.
-        pub fn set(
-            &mut self,
-            key: impl AsRef<[u8]>,
-            value: impl AsRef<[u8]>,
-            options: $crate::client::SetOptions,
-        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
-            let op = $crate::client::plan::Op::Set {
-                key: key.as_ref(),
-                value: value.as_ref(),
-                ttl_ms: $crate::client::config::ttl_ms(options.ttl),
-                condition: options.condition,
-            };
-            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Bool(stored) => stored)
-        }
-
-        /// Removes `key`; true if it existed.
-        pub fn del(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<bool, $crate::client::ClientError> {
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Del(key.as_ref())), $crate::client::Reply::Bool(removed) => removed)
-        }
-
-        /// The values of `keys`, in their order (one MGET frame per shard).
-        pub fn mget<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> ::std::result::Result<Vec<Option<::bytes::Bytes>>, $crate::client::ClientError> {
-            let keys = keys.iter().map(AsRef::as_ref).collect();
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::MGet(keys)), $crate::client::Reply::Values(values) => values)
-        }
-
-        /// Stores every pair (one MSET frame per shard). If an error is returned, the shards whose
-        /// frames succeeded have stored their pairs.
-        pub fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&mut self, pairs: &[(K, V)]) -> ::std::result::Result<(), $crate::client::ClientError> {
-            let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::MSet(pairs)), $crate::client::Reply::Done => ())
-        }
-
-        /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
-        pub fn cas(
-            &mut self,
-            key: impl AsRef<[u8]>,
-            expected: impl AsRef<[u8]>,
-            new: impl AsRef<[u8]>,
-            ttl: Option<::std::time::Duration>,
-        ) -> ::std::result::Result<bool, $crate::client::ClientError> {
-            let op = $crate::client::plan::Op::Cas {
-                key: key.as_ref(),
-                expected: expected.as_ref(),
-                value: new.as_ref(),
-                ttl_ms: $crate::client::config::ttl_ms(ttl),
-            };
-            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Bool(swapped) => swapped)
-        }
-
-        /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
-        pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> ::std::result::Result<i64, $crate::client::ClientError> {
-            let op = $crate::client::plan::Op::Incr {
-                key: key.as_ref(),
-                delta,
-            };
-            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Integer(value) => value)
-        }
-
-        /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
-        pub fn expire(&mut self, key: impl AsRef<[u8]>, ttl: Option<::std::time::Duration>) -> ::std::result::Result<bool, $crate::client::ClientError> {
-            let op = $crate::client::plan::Op::Expire {
-                key: key.as_ref(),
-                ttl_ms: $crate::client::config::ttl_ms(ttl),
-            };
-            $crate::client::expect_reply!(self.one(op), $crate::client::Reply::Bool(exists) => exists)
-        }
-
-        pub fn ttl(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<$crate::client::Ttl, $crate::client::ClientError> {
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Ttl(key.as_ref())), $crate::client::Reply::Ttl(ttl) => ttl)
-        }
-
-        pub fn exists(&mut self, key: impl AsRef<[u8]>) -> ::std::result::Result<bool, $crate::client::ClientError> {
-            $crate::client::expect_reply!(self.one($crate::client::plan::Op::Exists(key.as_ref())), $crate::client::Reply::Bool(exists) => exists)
+        $crate::client::operation_methods! {
+            receiver: [&mut],
+            asyncness: [],
+            await: [],
+            /// Sends every operation of `pipeline` (to whichever shards they go) and returns their
+            /// results in submission order. Each operation is retried on its own.
+            execute;
+            /// The values of `keys`, in their order (one MGET frame per shard).
+            mget;
         }
     };
 }

@@ -414,9 +414,10 @@ impl<P: SessionProvider> Session<P> {
 
 /// A session on one of the providers.
 enum AnySession {
-    Soft(Session<SoftPd>),
+    // Boxed (once per session, at set-up): the variants differ in size by hundreds of bytes.
+    Soft(Box<Session<SoftPd>>),
     #[cfg(feature = "rdma-verbs")]
-    Verbs(Session<VerbsPd>),
+    Verbs(Box<Session<VerbsPd>>),
 }
 
 /// Runs `$body` with `$session` bound to the session, whatever its provider.
@@ -474,13 +475,12 @@ impl RdmaStream {
         // The protection domain first: a missing or misnamed device is reported as such, before
         // any connection is tried.
         let session = match &options.provider {
-            RdmaProvider::Soft => {
-                Session::set_up(SoftPd::new(), addr, config, options, node_id, epoch).map(AnySession::Soft)
-            }
+            RdmaProvider::Soft => Session::set_up(SoftPd::new(), addr, config, options, node_id, epoch)
+                .map(|s| AnySession::Soft(Box::new(s))),
             #[cfg(feature = "rdma-verbs")]
             RdmaProvider::Verbs(verbs) => {
                 let pd = VerbsPd::open(verbs.clone()).map_err(|e| disconnected(format!("verbs device: {e}")))?;
-                Session::set_up(pd, addr, config, options, node_id, epoch).map(AnySession::Verbs)
+                Session::set_up(pd, addr, config, options, node_id, epoch).map(|s| AnySession::Verbs(Box::new(s)))
             }
         };
         session.map(|session| RdmaStream { session }).map_err(|err| match err {

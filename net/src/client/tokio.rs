@@ -17,22 +17,19 @@
 //! timeout), every waiter gets its error, both tasks are aborted, and the next call reconnects.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ::tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use ::tokio::net::TcpStream;
 use ::tokio::sync::{oneshot, Notify};
 use ::tokio::task::AbortHandle;
-use bytes::Bytes;
 
-use super::config::{ttl_ms, ClientConfig, Reply, SetOptions, Ttl};
+use super::config::{ClientConfig, Reply};
 use super::connection::{is_read, Connection};
 use super::error::{retry_policy, ClientError, Retry};
-use super::expect_reply;
 use super::plan::{Op, Plan};
 use super::router::Router;
-use super::Pipeline;
 use crate::native::{RequestRef, Response, Topology};
 
 /// Bytes reserved for each read.
@@ -389,97 +386,15 @@ impl Client {
         })
     }
 
-    /// Sends every operation of `pipeline` at once and returns their results in submission
-    /// order. Each operation is retried on its own.
-    pub async fn execute(&self, pipeline: &Pipeline) -> Vec<Result<Reply, ClientError>> {
-        self.run(pipeline.ops.clone()).await
-    }
-
-    pub async fn ping(&self) -> Result<(), ClientError> {
-        expect_reply!(self.one(Op::<&[u8]>::Ping).await, Reply::Done => ())
-    }
-
-    /// The value of `key`, a slice of the received frame (no copy).
-    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, ClientError> {
-        expect_reply!(self.one(Op::Get(key.as_ref())).await, Reply::Value(value) => value)
-    }
-
-    /// Stores `value` (encoded straight from the caller's bytes); false when the condition (NX/XX)
-    /// prevented the store.
-    pub async fn set(
-        &self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-        options: SetOptions,
-    ) -> Result<bool, ClientError> {
-        let op = Op::Set {
-            key: key.as_ref(),
-            value: value.as_ref(),
-            ttl_ms: ttl_ms(options.ttl),
-            condition: options.condition,
-        };
-        expect_reply!(self.one(op).await, Reply::Bool(stored) => stored)
-    }
-
-    /// Removes `key`; true if it existed.
-    pub async fn del(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
-        expect_reply!(self.one(Op::Del(key.as_ref())).await, Reply::Bool(removed) => removed)
-    }
-
-    /// The values of `keys`, in their order (one MGET frame per shard, sent concurrently).
-    pub async fn mget<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
-        let keys = keys.iter().map(AsRef::as_ref).collect();
-        expect_reply!(self.one(Op::MGet(keys)).await, Reply::Values(values) => values)
-    }
-
-    /// Stores every pair (one MSET frame per shard). If an error is returned, the shards whose
-    /// frames succeeded have stored their pairs.
-    pub async fn mset<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<(), ClientError> {
-        let pairs = pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
-        expect_reply!(self.one(Op::MSet(pairs)).await, Reply::Done => ())
-    }
-
-    /// Replaces the value of `key` with `new` if it is `expected`; true if it swapped.
-    pub async fn cas(
-        &self,
-        key: impl AsRef<[u8]>,
-        expected: impl AsRef<[u8]>,
-        new: impl AsRef<[u8]>,
-        ttl: Option<Duration>,
-    ) -> Result<bool, ClientError> {
-        let op = Op::Cas {
-            key: key.as_ref(),
-            expected: expected.as_ref(),
-            value: new.as_ref(),
-            ttl_ms: ttl_ms(ttl),
-        };
-        expect_reply!(self.one(op).await, Reply::Bool(swapped) => swapped)
-    }
-
-    /// Adds `delta` to the integer at `key` (0 if absent); returns the new value.
-    pub async fn incr(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
-        let op = Op::Incr {
-            key: key.as_ref(),
-            delta,
-        };
-        expect_reply!(self.one(op).await, Reply::Integer(value) => value)
-    }
-
-    /// Sets (`Some`) or removes (`None`) the TTL of `key`; true if the key exists.
-    pub async fn expire(&self, key: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<bool, ClientError> {
-        let op = Op::Expire {
-            key: key.as_ref(),
-            ttl_ms: ttl_ms(ttl),
-        };
-        expect_reply!(self.one(op).await, Reply::Bool(exists) => exists)
-    }
-
-    pub async fn ttl(&self, key: impl AsRef<[u8]>) -> Result<Ttl, ClientError> {
-        expect_reply!(self.one(Op::Ttl(key.as_ref())).await, Reply::Ttl(ttl) => ttl)
-    }
-
-    pub async fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
-        expect_reply!(self.one(Op::Exists(key.as_ref())).await, Reply::Bool(exists) => exists)
+    super::operation_methods! {
+        receiver: [&],
+        asyncness: [async],
+        await: [.await],
+        /// Sends every operation of `pipeline` at once and returns their results in submission
+        /// order. Each operation is retried on its own.
+        execute;
+        /// The values of `keys`, in their order (one MGET frame per shard, sent concurrently).
+        mget;
     }
 }
 

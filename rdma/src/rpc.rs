@@ -3,8 +3,10 @@
 //!
 //! # Session set-up (out of band, over TCP, on the shard's RDMA port)
 //!
-//! A session is two TCP connections to the same shard port, each becoming one queue pair's link
-//! (the soft provider's; verbs would only exchange addresses over them):
+//! A session is two TCP connections to the same shard port. With the soft provider each becomes
+//! one queue pair's link; with verbs they only carry the exchange (queue-pair numbers, PSNs, GID,
+//! LID, MTU: [`SessionProvider`]), and the control connection stays open for the session's life,
+//! its end-of-file telling either side that the other is gone:
 //!
 //! 1. **control**: the client sends its [`Handshake`](crate::handshake::Handshake) (it starts with
 //!    the handshake magic `CKVR`); the shard answers with its own, then with an 8-byte

@@ -8,7 +8,7 @@
 //! LID, MTU: [`SessionProvider`]), and the control connection stays open for the session's life,
 //! its end-of-file telling either side that the other is gone:
 //!
-//! 1. **control**: the client sends its [`Handshake`](crate::handshake::Handshake) (it starts with
+//! 1. **control**: the client sends its [`Handshake`] (it starts with
 //!    the handshake magic `CKVR`); the shard answers with its own, then with an 8-byte
 //!    little-endian **session token**. This connection carries the control channel;
 //! 2. **data**: the client opens a second connection and sends an [`Attach`] (magic `CKVD`) naming

@@ -8,7 +8,9 @@
 #   - sockperf ping-pong --full-rtt (TCP, 64-byte messages: the whole round trip of a
 #     non-blocking recv/send echo loop, nothing else);
 #   - corekv-bench against each node's native port: 1 connection, pipeline 1, GET only, 1000
-#     prefilled keys, 100-byte values.
+#     prefilled keys, 100-byte values, with --io-loop $IO_LOOP (default auto, which at one
+#     connection and pipeline 1 is the blocking loop: one write and one read per request on the
+#     timing thread; IO_LOOP=tokio measures the tokio loop instead).
 # and prints p50/p99 of each, and corekv / TCP ratios (medians over the rounds).
 #
 # One shard, because sockperf's server is one thread too and a 2-core machine has no core left
@@ -19,6 +21,7 @@ cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
 seconds=${2:-5}
+io_loop=${IO_LOOP:-auto}
 command -v sockperf >/dev/null || { echo "needs sockperf (apt-get install sockperf)" >&2; exit 2; }
 # shellcheck source=benches/script-common.sh
 source benches/script-common.sh
@@ -43,7 +46,8 @@ for _ in $(seq 100); do sockperf ping-pong --tcp -i 127.0.0.1 -p "$sp_port" -t 1
 
 bench() {
   "$bin/corekv-bench" --target "native://127.0.0.1:$1" --connections 1 --pipeline 1 --ratio 1:0 \
-    --keys 1000 --prefill --value-size 100 --duration "${seconds}s" --warmup 1s --no-progress --json - 2>/dev/null |
+    --keys 1000 --prefill --value-size 100 --duration "${seconds}s" --warmup 1s --io-loop "$io_loop" \
+    --no-progress --json - 2>/dev/null |
     python3 -c 'import json,sys; r=json.load(sys.stdin)["results"][0]["latency_us"]; print(r["p50"], r["p99"])'
 }
 sockperf_rtt() {
@@ -51,6 +55,7 @@ sockperf_rtt() {
     awk '/percentile 50.000/ {p50=$NF} /percentile 99.000/ {p99=$NF} END {print p50, p99}'
 }
 
+echo "corekv-bench --io-loop $io_loop"
 printf '%-6s %-28s %10s %10s\n' round case p50_us p99_us
 results="$work/results"
 for round in $(seq "$rounds"); do

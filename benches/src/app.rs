@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::compare::format_comparison;
-use crate::config::{Cli, Settings};
+use crate::config::{Cli, IoLoop, LoadConfig, Settings};
 use crate::latency::Recording;
 use crate::load::{prefill, run_round};
 use crate::plot::write_plot;
@@ -30,6 +30,10 @@ struct Side {
     label: &'static str,
     target: Target,
     name: String,
+    /// The load settings of this side (its `--io-loop` or `--compare-io-loop`).
+    load: LoadConfig,
+    /// The loop its rounds run.
+    io_loop: IoLoop,
     recording: Recording,
     measured: Duration,
 }
@@ -54,21 +58,29 @@ pub fn run(cli: &Cli) -> i32 {
 }
 
 fn execute(settings: &Settings, terminal: bool) -> Result<i32, String> {
-    let mut sides = vec![Side {
-        label: "A",
-        target: settings.target.clone(),
-        name: settings.target_name.clone(),
-        recording: Recording::default(),
-        measured: Duration::ZERO,
-    }];
-    if let Some((target, name)) = &settings.compare {
-        sides.push(Side {
-            label: "B",
+    let side = |label, target: &Target, name: &str, io_loop| {
+        let load = LoadConfig {
+            io_loop,
+            ..settings.load.clone()
+        };
+        Side {
+            label,
             target: target.clone(),
-            name: name.clone(),
+            name: name.to_string(),
+            io_loop: load.io_loop_for(target.protocol),
+            load,
             recording: Recording::default(),
             measured: Duration::ZERO,
-        });
+        }
+    };
+    let mut sides = vec![side(
+        "A",
+        &settings.target,
+        &settings.target_name,
+        settings.load.io_loop,
+    )];
+    if let Some((target, name)) = &settings.compare {
+        sides.push(side("B", target, name, settings.compare_io_loop));
     }
     // With --json - the report owns stdout; the text goes to stderr.
     let json_to_stdout = settings.json.as_deref() == Some("-");
@@ -87,7 +99,7 @@ fn execute(settings: &Settings, terminal: bool) -> Result<i32, String> {
 
     if settings.prefill {
         for side in &sides {
-            let result = prefill(&side.target, &settings.workload, &settings.load)?;
+            let result = prefill(&side.target, &settings.workload, &side.load)?;
             let rec = &result.recording;
             let errors = rec.errors.total();
             eprintln!(
@@ -120,17 +132,18 @@ fn execute(settings: &Settings, terminal: bool) -> Result<i32, String> {
                 let label = format!("[{} {} round {round}/{}]", side.label, side.name, settings.rounds);
                 Printer::start(live.clone(), label, terminal)
             });
-            let result = run_round(&side.target, &settings.workload, &settings.load, live);
+            let result = run_round(&side.target, &settings.workload, &side.load, live);
             if let Some(printer) = printer {
                 printer.stop();
             }
             let result = result?;
             let total = result.recording.total();
             eprintln!(
-                "round {round}/{} {} {}: {} requests, {:.1} ops/s, p99 {:.1} µs, {} errors",
+                "round {round}/{} {} {} ({} loop): {} requests, {:.1} ops/s, p99 {:.1} µs, {} errors",
                 settings.rounds,
                 side.label,
                 side.name,
+                side.io_loop.name(),
                 total.requests,
                 total.requests as f64 / result.measured.as_secs_f64().max(1e-9),
                 total.percentile_us(99.0),
@@ -143,7 +156,9 @@ fn execute(settings: &Settings, terminal: bool) -> Result<i32, String> {
 
     let results: Vec<TargetResult> = sides
         .iter()
-        .map(|s| TargetResult::new(&s.name, &s.target, settings.rounds, &s.recording, s.measured))
+        .map(|s| {
+            TargetResult::new(&s.name, &s.target, settings.rounds, &s.recording, s.measured).with_io_loop(s.io_loop)
+        })
         .collect();
     let failed = results.iter().any(TargetResult::failed);
     let report = Report::new(settings, results);

@@ -12,7 +12,7 @@ use corekv_net::client::rdma::RdmaProvider;
 use corekv_net::client::rdma::VerbsConfig;
 use serde::Serialize;
 
-use crate::target::Target;
+use crate::target::{Protocol, Target};
 
 /// `corekv-bench`: latency benchmark for RESP servers (corekv, Redis, Valkey) and corekv's native
 /// protocol (over TCP or RDMA), closed or open loop, without coordinated omission.
@@ -35,6 +35,15 @@ pub struct Cli {
     /// Name of --compare in tables, JSON and plots (default: its URL).
     #[arg(long, value_name = "NAME")]
     pub compare_name: Option<String>,
+    /// The load loop of TCP targets (resp://, native://): tokio (a writer and a reader task per
+    /// socket on --threads runtimes), blocking (one thread per connection, blocking sockets; closed
+    /// loop only) or auto: blocking for a closed loop at --pipeline 1 with at most 4 connections,
+    /// tokio otherwise. rdma:// always runs its own blocking loop.
+    #[arg(long, value_enum, default_value_t = IoLoop::Auto)]
+    pub io_loop: IoLoop,
+    /// The load loop of --compare (default: as --io-loop), so one run can compare the two loops.
+    #[arg(long, value_enum, value_name = "IO_LOOP")]
+    pub compare_io_loop: Option<IoLoop>,
     /// Measured runs per target, merged (default 1; 3 with --compare, in the order A B, B A, A B...).
     #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
@@ -68,9 +77,9 @@ pub struct Cli {
     /// RDMA session per shard).
     #[arg(long, default_value_t = 8, value_name = "C")]
     pub connections: u32,
-    /// Load-generator threads, each a single-threaded tokio runtime driving its share of the
-    /// connections (capped at --connections). rdma:// ignores it: its sessions block, so each
-    /// connection runs on a thread of its own.
+    /// Load-generator threads of the tokio loop, each a single-threaded tokio runtime driving its
+    /// share of the connections (capped at --connections). The blocking loop (--io-loop) and
+    /// rdma:// ignore it: each connection runs on a thread of its own.
     #[arg(long, default_value_t = 1, value_name = "T")]
     pub threads: u32,
     /// Measured time per round, e.g. 10s, 500ms, 2m (default 10s unless --requests is given).
@@ -213,6 +222,33 @@ pub enum Pacing {
     Sleep,
 }
 
+/// The load loop that drives a round's connections (`--io-loop`; `load` describes both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoLoop {
+    /// Blocking for a closed loop at pipeline 1 with at most [`AUTO_BLOCKING_CONNECTIONS`]
+    /// connections, tokio otherwise.
+    Auto,
+    /// Per connection a writer task and a reader task per socket, on `--threads` current-thread
+    /// tokio runtimes.
+    Tokio,
+    /// One std thread per connection, blocking sockets (`load::blocking`); closed loop only.
+    Blocking,
+}
+
+impl IoLoop {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoLoop::Auto => "auto",
+            IoLoop::Tokio => "tokio",
+            IoLoop::Blocking => "blocking",
+        }
+    }
+}
+
+/// `--io-loop auto` runs the blocking loop (one thread each) for at most this many connections.
+pub const AUTO_BLOCKING_CONNECTIONS: u32 = 4;
+
 /// The RDMA provider named by `--rdma-provider`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RdmaProviderKind {
@@ -224,6 +260,23 @@ pub enum RdmaProviderKind {
 #[cfg(not(feature = "rdma-verbs"))]
 pub const VERBS_UNAVAILABLE: &str = "--rdma-provider verbs: this corekv-bench was built without the verbs provider; \
      rebuild it with the cargo feature rdma-verbs (cargo build --release -p corekv-benches --features rdma-verbs)";
+
+/// Refuses a load loop `target` cannot run with: tokio for rdma:// (its sessions block), and the
+/// blocking TCP loop in an open loop (it waits for replies in blocking reads, which cannot wake
+/// at each send time precisely).
+fn check_io_loop(flag: &str, io_loop: IoLoop, target: &Target, rate: Option<f64>) -> Result<(), String> {
+    match (target.protocol, io_loop) {
+        (Protocol::Rdma, IoLoop::Tokio) => Err(format!(
+            "{flag} tokio: {target} is an rdma:// target, whose sessions block: it always runs the blocking loop \
+             (ask for auto or blocking)"
+        )),
+        (Protocol::Resp | Protocol::Native, IoLoop::Blocking) if rate.is_some() => Err(format!(
+            "{flag} blocking runs a closed loop only: it waits for replies in blocking reads and cannot wake at \
+             open-loop send times (--rate); ask for tokio or auto"
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, `250us` or a bare number of seconds (`1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -285,11 +338,30 @@ pub struct LoadConfig {
     pub progress: bool,
     /// The provider of rdma:// sessions.
     pub rdma_provider: RdmaProvider,
+    /// The load loop asked for (`auto` is decided per round by [`LoadConfig::io_loop_for`]).
+    pub io_loop: IoLoop,
 }
 
 impl LoadConfig {
     pub fn is_open_loop(&self) -> bool {
         self.rate.is_some()
+    }
+
+    /// The loop that runs a round against a `protocol` target: never `Auto`. rdma:// always
+    /// runs the blocking loop (`load::rdma`); `auto` picks the blocking loop when it cannot add
+    /// a cross-task wake-up to each request's latency for nothing: a closed loop at pipeline 1
+    /// on at most [`AUTO_BLOCKING_CONNECTIONS`] connections (one thread each).
+    pub fn io_loop_for(&self, protocol: Protocol) -> IoLoop {
+        match (protocol, self.io_loop) {
+            (Protocol::Rdma, _) => IoLoop::Blocking,
+            (_, IoLoop::Auto)
+                if !self.is_open_loop() && self.pipeline == 1 && self.connections <= AUTO_BLOCKING_CONNECTIONS =>
+            {
+                IoLoop::Blocking
+            }
+            (_, IoLoop::Auto) => IoLoop::Tokio,
+            (_, chosen) => chosen,
+        }
     }
 }
 
@@ -299,6 +371,8 @@ pub struct Settings {
     pub target: Target,
     pub target_name: String,
     pub compare: Option<(Target, String)>,
+    /// The load loop asked for on `--compare` (`load.io_loop` is `--target`'s).
+    pub compare_io_loop: IoLoop,
     pub rounds: u32,
     pub workload: Workload,
     pub load: LoadConfig,
@@ -337,6 +411,17 @@ impl Cli {
         }
         let progress = !self.no_progress && (self.progress || stderr_is_terminal);
         let rdma_provider = self.rdma_provider()?;
+        let compare_io_loop = self.compare_io_loop.unwrap_or(self.io_loop);
+        check_io_loop("--io-loop", self.io_loop, &self.target, self.rate)?;
+        if let Some(compare) = &self.compare {
+            let flag = match self.compare_io_loop {
+                Some(_) => "--compare-io-loop",
+                None => "--compare-io-loop (as --io-loop by default)",
+            };
+            check_io_loop(flag, compare_io_loop, compare, self.rate)?;
+        } else if self.compare_io_loop.is_some() {
+            return Err("--compare-io-loop needs --compare".into());
+        }
         Ok(Settings {
             target_name: self.target_name.clone().unwrap_or_else(|| self.target.to_string()),
             target: self.target.clone(),
@@ -344,6 +429,7 @@ impl Cli {
                 let name = self.compare_name.clone().unwrap_or_else(|| b.to_string());
                 (b, name)
             }),
+            compare_io_loop,
             rounds,
             workload: Workload {
                 ratio: self.ratio,
@@ -365,6 +451,7 @@ impl Cli {
                 pacing: self.pacing,
                 progress,
                 rdma_provider,
+                io_loop: self.io_loop,
             },
             prefill: self.prefill,
             json: self.json.clone(),
@@ -435,6 +522,58 @@ mod tests {
     fn cli(args: &[&str]) -> Cli {
         let base = ["corekv-bench", "--target", "rdma://127.0.0.1:7680"];
         Cli::try_parse_from(base.iter().chain(args)).expect("the arguments parse")
+    }
+
+    fn tcp(args: &[&str]) -> Result<Settings, String> {
+        let base = ["corekv-bench", "--target", "native://127.0.0.1:7400"];
+        Cli::try_parse_from(base.iter().chain(args))
+            .expect("the arguments parse")
+            .settings(false)
+    }
+
+    #[test]
+    fn auto_picks_the_blocking_loop_for_few_unpipelined_closed_connections() {
+        let io_loop = |args: &[&str]| tcp(args).unwrap().load.io_loop_for(Protocol::Native);
+        assert_eq!(io_loop(&["--connections", "1"]), IoLoop::Blocking);
+        assert_eq!(io_loop(&["--connections", "4"]), IoLoop::Blocking);
+        assert_eq!(io_loop(&[]), IoLoop::Tokio, "8 connections by default");
+        assert_eq!(io_loop(&["--connections", "1", "--pipeline", "2"]), IoLoop::Tokio);
+        assert_eq!(io_loop(&["--connections", "1", "--rate", "100"]), IoLoop::Tokio);
+        assert_eq!(io_loop(&["--connections", "1", "--io-loop", "tokio"]), IoLoop::Tokio);
+        assert_eq!(
+            io_loop(&["--io-loop", "blocking", "--pipeline", "16"]),
+            IoLoop::Blocking
+        );
+        let rdma = cli(&["--io-loop", "auto", "--pipeline", "8"]).settings(false).unwrap();
+        assert_eq!(rdma.load.io_loop_for(Protocol::Rdma), IoLoop::Blocking);
+    }
+
+    #[test]
+    fn impossible_loops_are_refused() {
+        let err = tcp(&["--io-loop", "blocking", "--rate", "1000"]).unwrap_err();
+        assert!(err.contains("--io-loop blocking runs a closed loop only"), "{err}");
+        let err = cli(&["--io-loop", "tokio"]).settings(false).unwrap_err();
+        assert!(err.contains("rdma:// target"), "{err}");
+        let err = tcp(&["--compare-io-loop", "tokio"]).unwrap_err();
+        assert!(err.contains("--compare-io-loop needs --compare"), "{err}");
+        // --compare inherits --io-loop unless told otherwise.
+        let err = tcp(&["--io-loop", "tokio", "--compare", "rdma://127.0.0.1:7680"]).unwrap_err();
+        assert!(
+            err.contains("--compare-io-loop (as --io-loop by default) tokio"),
+            "{err}"
+        );
+        let s = tcp(&[
+            "--io-loop",
+            "tokio",
+            "--compare",
+            "rdma://h:1",
+            "--compare-io-loop",
+            "auto",
+        ])
+        .unwrap();
+        assert_eq!((s.load.io_loop, s.compare_io_loop), (IoLoop::Tokio, IoLoop::Auto));
+        let s = tcp(&["--io-loop", "blocking", "--compare", "native://h:1"]).unwrap();
+        assert_eq!(s.compare_io_loop, IoLoop::Blocking);
     }
 
     #[test]

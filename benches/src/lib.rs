@@ -11,7 +11,7 @@
 //! | [`config`] | command line, validation, the settings of a run |
 //! | [`workload`] | which operation, key and value size each request has |
 //! | [`target`] | target URLs, sockets and RDMA sessions, the RESP and native codecs |
-//! | [`load`] | the load loop: threads, connections, pipelining, draining |
+//! | [`load`] | the load loops (tokio, blocking TCP, RDMA): threads, connections, pipelining, draining |
 //! | [`pacing`] | the open loop's wait for each send time |
 //! | [`latency`] | histograms and counters, merged across threads and rounds |
 //! | [`progress`] | the live progress line |

@@ -32,11 +32,14 @@
 //! up on its connections at `end + 1.2 × drain timeout` even if a writer is still blocked (a
 //! server that neither reads nor answers), counting what it still waits for as timeouts.
 //!
-//! **RDMA** (`rdma://`): an `RdmaStream`'s calls block, so each RDMA connection gets a thread of
-//! its own (`--threads` does not apply) and [`rdma`] drives its sessions (one per shard) in a
-//! plain loop, with the same pieces as the tokio tasks: [`ThreadCtx::draw`] decides and draws each
-//! request, [`ThreadCtx::record`] records each reply, and the schedule, window, phases and error
-//! accounting are the ones described above.
+//! **The plain loop** (`--io-loop blocking`, the default for a closed loop at pipeline 1 on at
+//! most 4 connections, and always for `rdma://`): each connection gets a std thread of its own
+//! (`--threads` does not apply) and [`plain`] drives its transports (one per shard) in a loop of
+//! blocking calls, with the same pieces as the tokio tasks: [`ThreadCtx::draw`] decides and draws
+//! each request, [`ThreadCtx::record`] records each reply, [`take_pending`] matches replies, and
+//! the schedule, window, phases and error accounting are the ones described above. [`blocking`]
+//! is its transport for TCP targets (blocking sockets: no cross-task wake-up per request), [`rdma`]
+//! the one for RDMA sessions (whose calls block).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -51,13 +54,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{KeyPattern, LoadConfig, Ratio, Stop, Workload};
+use crate::config::{IoLoop, KeyPattern, LoadConfig, Ratio, Stop, Workload};
 use crate::latency::Recording;
 use crate::pacing::Pacer;
 use crate::progress::Live;
 use crate::target::{self, classify, Codec, Op, Outcome, Protocol, Reply, Target};
 use crate::workload::{value_source, Generator};
 
+mod blocking;
+mod plain;
 mod rdma;
 
 /// An open-loop request sent this long or longer after its scheduled time is "late".
@@ -103,10 +108,11 @@ pub fn run_round(
     live: Option<Arc<Live>>,
 ) -> Result<RoundResult, String> {
     let endpoints = current_thread_runtime()?.block_on(target::endpoints(target, &load.rdma_provider))?;
-    let threads = match target.protocol {
-        // A blocking RDMA session needs a thread of its own: one thread per connection.
-        Protocol::Rdma => load.connections,
-        Protocol::Resp | Protocol::Native => load.threads.clamp(1, load.connections),
+    let io_loop = load.io_loop_for(target.protocol);
+    let threads = match io_loop {
+        // A blocking connection needs a thread of its own.
+        IoLoop::Blocking => load.connections,
+        IoLoop::Tokio | IoLoop::Auto => load.threads.clamp(1, load.connections),
     };
     let shared = Arc::new(Shared::default());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -119,6 +125,7 @@ pub fn run_round(
             connections: (thread..load.connections).step_by(threads as usize).collect(),
             endpoints: endpoints.clone(),
             protocol: target.protocol,
+            io_loop,
             workload: workload.clone(),
             load: load.clone(),
             shared: shared.clone(),
@@ -175,7 +182,8 @@ pub fn run_round(
 }
 
 /// SETs every key of `workload` once (sequentially over the connections), unrecorded by the
-/// caller: the returned recording only serves to report errors and throughput.
+/// caller: the returned recording only serves to report errors and throughput. It runs the loop
+/// `--io-loop auto` picks for its settings (at least 32 requests in flight per connection).
 pub fn prefill(target: &Target, workload: &Workload, load: &LoadConfig) -> Result<RoundResult, String> {
     let workload = Workload {
         ratio: Ratio { read: 0, write: 1 },
@@ -188,6 +196,7 @@ pub fn prefill(target: &Target, workload: &Workload, load: &LoadConfig) -> Resul
         warmup: Duration::ZERO,
         rate: None,
         progress: false,
+        io_loop: IoLoop::Auto,
         ..load.clone()
     };
     run_round(target, &workload, &load, None)
@@ -206,6 +215,8 @@ struct ThreadSetup {
     connections: Vec<u32>,
     endpoints: Vec<String>,
     protocol: Protocol,
+    /// `Tokio`, or `Blocking` for a thread of the plain loop (one connection).
+    io_loop: IoLoop,
     workload: Workload,
     load: LoadConfig,
     shared: Arc<Shared>,
@@ -216,12 +227,18 @@ struct ThreadSetup {
 type Sockets = Vec<tokio::net::TcpStream>;
 
 impl ThreadSetup {
+    /// The SET values' source, made before the thread reports ready (a large one takes a while,
+    /// which must not eat into the round).
+    fn values(&self) -> Bytes {
+        value_source(self.workload.value_size.max, self.workload.seed)
+    }
+
     /// The state the thread's connections share once the schedule is fixed.
-    fn context(&self, plan: Plan) -> ThreadCtx {
+    fn context(&self, plan: Plan, value: Bytes) -> ThreadCtx {
         ThreadCtx {
             plan,
             protocol: self.protocol,
-            value: value_source(self.workload.value_size.max, self.workload.seed),
+            value,
             workload: self.workload.clone(),
             request_limit: match self.load.stop {
                 Stop::Requests(n) => Some(n),
@@ -235,8 +252,10 @@ impl ThreadSetup {
     }
 
     fn run(self, ready: mpsc::Sender<Result<(), String>>, go: mpsc::Receiver<Option<Plan>>) -> Recording {
-        if self.protocol == Protocol::Rdma {
-            return rdma::run_thread(self, ready, go);
+        match (self.protocol, self.io_loop) {
+            (Protocol::Rdma, _) => return rdma::run_thread(self, ready, go),
+            (_, IoLoop::Blocking) => return blocking::run_thread(self, ready, go),
+            _ => {}
         }
         let runtime = match current_thread_runtime() {
             Ok(rt) => rt,
@@ -256,6 +275,7 @@ impl ThreadSetup {
             }
             Ok(all)
         });
+        let value = self.values();
         let connections = match connected {
             Ok(c) => {
                 let _ = ready.send(Ok(()));
@@ -269,7 +289,7 @@ impl ThreadSetup {
         let Ok(Some(plan)) = go.recv() else {
             return Recording::default();
         };
-        let ctx = Rc::new(self.context(plan));
+        let ctx = Rc::new(self.context(plan, value));
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
             let mut tasks = Vec::new();
@@ -286,21 +306,16 @@ impl ThreadSetup {
             };
             // A server that stops reading can block a writer for good, and then its readers
             // never start draining: past the drain deadline, give up on whatever is left.
-            let Some(end) = plan.end else {
+            let Some(deadline) = ctx.give_up_at() else {
                 return all_done.await;
             };
-            let deadline = end + ctx.load.drain_timeout + ctx.load.drain_timeout / 5;
             if tokio::time::timeout_at(deadline.into(), all_done).await.is_err() {
                 let lost: u64 = conns
                     .iter()
                     .flat_map(|conn| conn.pending.iter())
                     .map(|queue| recorded(&queue.borrow()))
                     .sum();
-                let mut rec = ctx.recording.borrow_mut();
-                rec.errors.timeout += lost;
-                rec.note_error(format!(
-                    "{lost} requests still unsent or unanswered at the drain deadline"
-                ));
+                ctx.abandoned(lost);
             }
         });
         ctx.recording.take()
@@ -324,6 +339,13 @@ struct ThreadCtx {
 impl ThreadCtx {
     fn past_end(&self, at: Instant) -> bool {
         self.plan.end.is_some_and(|end| at >= end)
+    }
+
+    /// With `--duration`: when a thread gives up on connections still stuck (a server that
+    /// neither reads nor answers), `end + 1.2 × drain timeout`.
+    fn give_up_at(&self) -> Option<Instant> {
+        let drain = self.load.drain_timeout;
+        self.plan.end.map(|end| end + drain + drain / 5)
     }
 
     /// Open loop: when connection `index` sends its request number `k`, at its share of the
@@ -417,6 +439,15 @@ impl ThreadCtx {
             rec.connections_lost += 1;
             rec.note_error(format!("{message} ({lost} requests lost)"));
         }
+    }
+
+    /// `lost` recorded requests were still unsent or unanswered at the give-up time.
+    fn abandoned(&self, lost: u64) {
+        let mut rec = self.recording.borrow_mut();
+        rec.errors.timeout += lost;
+        rec.note_error(format!(
+            "{lost} requests still unsent or unanswered at the drain deadline"
+        ));
     }
 
     /// `lost` recorded requests were still unanswered when the drain timeout ran out.

@@ -1,17 +1,19 @@
 //! The report: what a run measured, as a serializable [`Report`] (the JSON output, schema
 //! `corekv-bench/1`, documented in `benches/BENCH.md`) and as the text table printed on stdout.
 //!
-//! Every field of the JSON is always present (absent values are `null`), and the set of keys is
-//! fixed: error kinds and operations are object keys, never data. The test
+//! Every field of the JSON is present (absent values are `null`) except the optional ones added
+//! within a version (marked `?` in the schema: `results[].io_loop`), and the set of keys is fixed:
+//! error kinds and operations are object keys, never data. The test
 //! `tests/bench_tool.rs::json_schema_is_stable` checks the keys and types against
-//! `tests/report-schema.json`; a change of the schema must bump `SCHEMA`.
+//! `tests/report-schema.json`; a change of the schema other than a new optional key must bump
+//! `SCHEMA`.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{KeyPattern, Pacing, Ratio, Settings, Stop, ValueSize};
+use crate::config::{IoLoop, KeyPattern, LoadConfig, Pacing, Ratio, Settings, Stop, ValueSize};
 use crate::latency::{OpStats, Recording, GROUPING_POWER, MAX_VALUE_POWER};
 use crate::load::LATE_THRESHOLD;
 use crate::target::{Protocol, Target};
@@ -221,6 +223,10 @@ pub struct TargetResult {
     pub name: String,
     pub target: String,
     pub protocol: Protocol,
+    /// The load loop that ran the rounds, `tokio` or `blocking` (optional: absent from reports
+    /// written before it was added, and from results built without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_loop: Option<IoLoop>,
     pub rounds: u32,
     /// Measured seconds, summed over rounds.
     pub measured_s: f64,
@@ -269,6 +275,7 @@ impl TargetResult {
             name: name.to_string(),
             target: target.to_string(),
             protocol: target.protocol,
+            io_loop: None,
             rounds,
             measured_s: seconds,
             requests: total.requests,
@@ -291,6 +298,12 @@ impl TargetResult {
             },
             spectrum,
         }
+    }
+
+    /// Names the load loop that ran the rounds.
+    pub fn with_io_loop(mut self, io_loop: IoLoop) -> TargetResult {
+        self.io_loop = Some(io_loop);
+        self
     }
 
     /// Whether the run had failures (errors of any kind or lost connections) or answered nothing.
@@ -377,17 +390,21 @@ pub fn describe(settings: &Settings) -> String {
     } else {
         format!("{}-{} B", w.value_size.min, w.value_size.max)
     };
-    let rdma = std::iter::once(&settings.target)
-        .chain(settings.compare.as_ref().map(|(target, _)| target))
-        .any(|target| target.protocol == Protocol::Rdma);
-    let threads = if rdma {
-        format!(
-            "{} thread(s) (rdma {}: one per connection)",
-            l.threads,
-            l.rdma_provider.name()
-        )
-    } else {
-        format!("{} thread(s)", l.threads)
+    // How each side's connections are driven.
+    let driver = |target: &Target, io_loop: IoLoop| {
+        let side = LoadConfig { io_loop, ..l.clone() };
+        match (target.protocol, side.io_loop_for(target.protocol)) {
+            (Protocol::Rdma, _) => format!("rdma {} (a thread per connection)", l.rdma_provider.name()),
+            (_, IoLoop::Blocking) => "blocking loop (a thread per connection)".to_string(),
+            _ => format!("tokio loop on {} thread(s)", l.threads),
+        }
+    };
+    let a = driver(&settings.target, l.io_loop);
+    let threads = match &settings.compare {
+        Some((target, _)) if driver(target, settings.compare_io_loop) != a => {
+            format!("A {a}, B {}", driver(target, settings.compare_io_loop))
+        }
+        _ => a,
     };
     format!(
         "{mode}, {} connections x pipeline {}, {threads}, GET:SET {}:{}, {} keys ({:?}), values {values}, \
@@ -414,9 +431,12 @@ pub fn format_result(result: &TargetResult) -> String {
     } else {
         format!("{} ({})", result.name, result.target)
     };
+    let io_loop = result
+        .io_loop
+        .map_or_else(String::new, |io_loop| format!(", {} loop", io_loop.name()));
     let _ = writeln!(
         out,
-        "{name}: {:.2} s measured over {} round(s)",
+        "{name}: {:.2} s measured over {} round(s){io_loop}",
         result.measured_s, result.rounds
     );
     let _ = writeln!(

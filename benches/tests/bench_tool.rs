@@ -10,11 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
-use corekv_bench::config::{Cli, Settings};
+use corekv_bench::config::{Cli, IoLoop, Settings};
 use corekv_bench::latency::Recording;
 use corekv_bench::load::{prefill, run_round, RoundResult};
 use corekv_bench::report::{Report, TargetResult, SCHEMA};
-use fake_servers::{start_native, start_rdma, start_rdma_dropping, start_resp, Behaviour};
+use fake_servers::{start_native, start_native_with, start_rdma, start_rdma_dropping, start_resp, Behaviour};
 use serde_json::Value;
 
 fn settings(args: &[&str]) -> Settings {
@@ -79,6 +79,12 @@ fn open_loop_shows_a_server_stall_in_the_tail() {
 
 #[test]
 fn closed_loop_sees_the_stall_once_per_window_slot() {
+    for io_loop in ["tokio", "blocking"] {
+        closed_loop_stall(io_loop);
+    }
+}
+
+fn closed_loop_stall(io_loop: &str) {
     let server = start_resp(Behaviour {
         stall: Some((200, Duration::from_millis(300))),
         ..Behaviour::default()
@@ -87,6 +93,8 @@ fn closed_loop_sees_the_stall_once_per_window_slot() {
     let s = settings(&[
         "--target",
         &url,
+        "--io-loop",
+        io_loop,
         "--duration",
         "1s",
         "--warmup",
@@ -108,12 +116,12 @@ fn closed_loop_sees_the_stall_once_per_window_slot() {
     // and the hiccups of a loaded machine stay well below 200 ms.)
     let slow = total.count_at_least(200 * MS);
     eprintln!(
-        "closed loop: requests {} slow {slow} p99 {} max {}",
+        "closed loop ({io_loop}): requests {} slow {slow} p99 {} max {}",
         total.requests,
         total.percentile_us(99.0),
         total.max_us()
     );
-    assert!((1..=2).contains(&slow), "{slow} slow requests");
+    assert!((1..=2).contains(&slow), "{io_loop}: {slow} slow requests");
     assert!(total.max_us() >= 250_000.0);
     assert_eq!(result.recording.late, 0, "a closed loop is never late");
 }
@@ -432,12 +440,218 @@ fn unreachable_target_is_an_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The blocking loop (--io-loop blocking; what auto picks at pipeline 1 on at most 4 connections)
+// ---------------------------------------------------------------------------------------------
+
+/// A RESP and a two-shard native fake server, both with `behaviour`: their URLs.
+fn blocking_targets(behaviour: Behaviour) -> [String; 2] {
+    let resp = start_resp(behaviour);
+    let native = start_native_with(behaviour);
+    [
+        format!("resp://127.0.0.1:{}", resp.port),
+        format!("native://127.0.0.1:{}", native.seed_port),
+    ]
+}
+
+/// Runs a round on a thread of its own: a hung round fails the test instead of hanging it.
+fn run_bounded(s: Settings) -> RoundResult {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(run(&s));
+    });
+    done_rx.recv_timeout(Duration::from_secs(30)).expect("the round ends")
+}
+
+#[test]
+fn blocking_loop_counts_every_request() {
+    for url in blocking_targets(Behaviour::default()) {
+        // Pipeline 8: with two native shards, several sockets await replies at once.
+        for pipeline in ["1", "8"] {
+            let s = settings(&[
+                "--target",
+                &url,
+                "--io-loop",
+                "blocking",
+                "--requests",
+                "600",
+                "--warmup",
+                "0s",
+                "--connections",
+                "2",
+                "--pipeline",
+                pipeline,
+                "--ratio",
+                "1:1",
+                "--keys",
+                "100",
+            ]);
+            let filled = prefill(&s.target, &s.workload, &s.load).expect("prefill runs");
+            assert_eq!(
+                filled.recording.errors.total(),
+                0,
+                "{:?}",
+                filled.recording.first_errors
+            );
+            let rec = run_bounded(s).recording;
+            // A native request sent to the wrong shard would come back as a WRONG_SHARD error.
+            assert_eq!(rec.errors.total(), 0, "{url} p{pipeline}: {:?}", rec.first_errors);
+            assert_eq!(rec.total().requests, 600, "{url} p{pipeline}");
+            assert!(rec.get.requests > 100 && rec.set.requests > 100, "{url} p{pipeline}");
+            assert_eq!(rec.get.misses, 0, "{url} p{pipeline}: every key was prefilled");
+            assert_eq!((rec.connections_lost, rec.late), (0, 0), "{url} p{pipeline}");
+        }
+    }
+}
+
+#[test]
+fn blocking_loop_counts_server_errors() {
+    let behaviour = Behaviour {
+        error_every: Some(10),
+        ..Behaviour::default()
+    };
+    for url in blocking_targets(behaviour) {
+        let s = settings(&[
+            "--target",
+            &url,
+            "--io-loop",
+            "blocking",
+            "--requests",
+            "500",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+        ]);
+        let rec = run_bounded(s).recording;
+        assert_eq!(rec.total().requests, 500, "{url}: error replies are answered requests");
+        assert_eq!(rec.errors.server, 50, "{url}: {:?}", rec.errors);
+        assert_eq!(rec.errors.total(), 50, "{url}");
+        assert_eq!(rec.connections_lost, 0, "{url}");
+        assert!(
+            rec.first_errors[0].contains("injected failure"),
+            "{url}: {:?}",
+            rec.first_errors
+        );
+    }
+}
+
+#[test]
+fn blocking_loop_times_out_on_a_silent_server() {
+    let behaviour = Behaviour {
+        silent_from: Some(50),
+        ..Behaviour::default()
+    };
+    for url in blocking_targets(behaviour) {
+        let s = settings(&[
+            "--target",
+            &url,
+            "--io-loop",
+            "blocking",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--drain-timeout",
+            "200ms",
+            "--connections",
+            "2",
+        ]);
+        let rec = run_bounded(s).recording;
+        assert_eq!(
+            rec.total().requests,
+            49,
+            "{url}: the replies before the silence were recorded"
+        );
+        assert_eq!(rec.errors.timeout, 2, "{url}: one request per connection waits in vain");
+        assert_eq!(rec.errors.total(), 2, "{url}: {:?}", rec.first_errors);
+        assert!(
+            rec.first_errors[0].contains("unanswered"),
+            "{url}: {:?}",
+            rec.first_errors
+        );
+    }
+}
+
+#[test]
+fn blocking_loop_reports_a_dropped_connection() {
+    let behaviour = Behaviour {
+        close_at: Some(100),
+        ..Behaviour::default()
+    };
+    for url in blocking_targets(behaviour) {
+        let s = settings(&[
+            "--target",
+            &url,
+            "--io-loop",
+            "blocking",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--connections",
+            "2",
+        ]);
+        let rec = run_bounded(s).recording;
+        assert_eq!(rec.connections_lost, 1, "{url}: {:?}", rec.first_errors);
+        assert_eq!(rec.errors.connection, 1, "{url}: the one request in flight is lost");
+        assert_eq!(rec.errors.total(), 1, "{url}: {:?}", rec.first_errors);
+        assert!(
+            rec.first_errors[0].contains("connection closed by the server"),
+            "{url}: {:?}",
+            rec.first_errors
+        );
+        // The other connection carried on.
+        assert!(rec.total().requests > 100, "{url}: {} requests", rec.total().requests);
+    }
+}
+
+#[test]
+fn blocking_loop_gives_up_on_a_server_that_does_not_read() {
+    // Accepts, then neither reads nor answers: a SET larger than the socket buffers never
+    // finishes writing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let url = format!("resp://127.0.0.1:{port}");
+    let s = settings(&[
+        "--target",
+        &url,
+        "--io-loop",
+        "blocking",
+        "--ratio",
+        "0:1",
+        "--value-size",
+        "16000000",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--drain-timeout",
+        "100ms",
+        "--connections",
+        "1",
+    ]);
+    let rec = run_bounded(s).recording;
+    assert_eq!(rec.total().requests, 0);
+    assert_eq!(rec.errors.timeout, 1, "{:?}", rec.first_errors);
+    assert_eq!(rec.errors.total(), 1);
+    assert!(
+        rec.first_errors[0].contains("still unsent or unanswered"),
+        "{:?}",
+        rec.first_errors
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // JSON schema
 // ---------------------------------------------------------------------------------------------
 
-/// Checks `actual` against a shape: an object of shapes (exactly these keys), a one-element
-/// array (the shape of every element), or a type name (`string`, `integer`, `number`, `boolean`,
-/// `null`, alternatives joined by `|`).
+/// Checks `actual` against a shape: an object of shapes (exactly these keys; a key ending in `?`
+/// may be absent), a one-element array (the shape of every element), or a type name (`string`,
+/// `integer`, `number`, `boolean`, `null`, alternatives joined by `|`).
 fn check_shape(expected: &Value, actual: &Value, path: &str, problems: &mut Vec<String>) {
     match expected {
         Value::String(types) => {
@@ -457,14 +671,15 @@ fn check_shape(expected: &Value, actual: &Value, path: &str, problems: &mut Vec<
             let Some(object) = actual.as_object() else {
                 return problems.push(format!("{path}: not an object"));
             };
-            for key in fields.keys().filter(|k| !object.contains_key(*k)) {
+            for key in fields.keys().filter(|k| !k.ends_with('?') && !object.contains_key(*k)) {
                 problems.push(format!("{path}.{key}: missing"));
             }
-            for key in object.keys().filter(|k| !fields.contains_key(*k)) {
+            let optional = |key: &String| fields.contains_key(&format!("{key}?"));
+            for key in object.keys().filter(|k| !fields.contains_key(*k) && !optional(k)) {
                 problems.push(format!("{path}.{key}: not in the schema"));
             }
             for (key, shape) in fields {
-                if let Some(value) = object.get(key) {
+                if let Some(value) = object.get(key.trim_end_matches('?')) {
                     check_shape(shape, value, &format!("{path}.{key}"), problems);
                 }
             }
@@ -514,12 +729,15 @@ fn json_schema_is_stable() {
         "1",
     ]);
     let (target_b, name_b) = s.compare.clone().unwrap();
+    // The optional io_loop: present in A, absent from B.
     let results = vec![
-        result_of(&s, &s.target, &s.target_name),
+        result_of(&s, &s.target, &s.target_name).with_io_loop(IoLoop::Tokio),
         result_of(&s, &target_b, &name_b),
     ];
     let report = serde_json::to_value(Report::new(&s, results)).unwrap();
     assert_eq!(report["schema"], SCHEMA);
+    assert_eq!(report["results"][0]["io_loop"], "tokio");
+    assert!(report["results"][1].get("io_loop").is_none());
     assert!(report["results"][0]["first_errors"]
         .as_array()
         .is_some_and(|e| !e.is_empty()));
@@ -630,6 +848,78 @@ fn binary_compares_two_targets() {
     assert!(
         order[2].contains(" B second") && order[3].contains(" A first"),
         "{order:?}"
+    );
+}
+
+#[test]
+fn binary_compares_the_two_loops() {
+    let server = start_resp(Behaviour::default());
+    let url = format!("resp://127.0.0.1:{}", server.port);
+    let output = bench_binary()
+        .args(["--target", &url, "--target-name", "t", "--io-loop", "tokio"])
+        .args([
+            "--compare",
+            &url,
+            "--compare-name",
+            "b",
+            "--compare-io-loop",
+            "blocking",
+        ])
+        .args([
+            "--connections",
+            "1",
+            "--requests",
+            "200",
+            "--warmup",
+            "0s",
+            "--rounds",
+            "2",
+        ])
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["results"][0]["io_loop"], "tokio");
+    assert_eq!(report["results"][1]["io_loop"], "blocking");
+    assert_eq!(report["results"][1]["requests"], 400, "two rounds merged");
+    assert_eq!(report["results"][1]["errors"]["total"], 0);
+    let rounds: Vec<&str> = stderr.lines().filter(|l| l.starts_with("round ")).collect();
+    assert!(rounds[0].contains(" A t (tokio loop): "), "{rounds:?}");
+    assert!(rounds[1].contains(" B b (blocking loop): "), "{rounds:?}");
+    assert!(
+        stderr.contains("A tokio loop on 1 thread(s), B blocking loop"),
+        "{stderr}"
+    );
+
+    // auto: blocking at one connection and pipeline 1, tokio with a window.
+    for (pipeline, expected) in [("1", "blocking"), ("4", "tokio")] {
+        let output = bench_binary()
+            .args(["--target", &url, "--connections", "1", "--pipeline", pipeline])
+            .args(["--requests", "100", "--warmup", "0s", "--json", "-"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["results"][0]["io_loop"], expected, "pipeline {pipeline}");
+    }
+
+    // The blocking loop cannot run an open loop: refused before anything runs.
+    let refused = bench_binary()
+        .args(["--target", &url, "--io-loop", "blocking", "--rate", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--io-loop blocking runs a closed loop only"),
+        "{stderr}"
     );
 }
 

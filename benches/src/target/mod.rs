@@ -1,5 +1,5 @@
 //! Targets: what a URL names ([`Target`]), how to open a benchmark connection's sockets
-//! ([`endpoints`], [`connect`]) and how requests and replies look on the wire ([`Codec`]).
+//! ([`endpoints`], [`connect`], [`connect_blocking`]) and how requests and replies look on the wire ([`Codec`]).
 //!
 //! Both protocols are driven straight from their sans-IO codecs, with no client library between
 //! the load loop and the socket: [`resp`] writes RESP2 `GET`/`SET` arrays and reads replies with
@@ -14,6 +14,7 @@ pub mod rdma;
 pub mod resp;
 
 use std::fmt;
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -123,6 +124,27 @@ pub async fn connect(address: &str) -> Result<TcpStream, String> {
         .set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY on {address}: {e}"))?;
     Ok(stream)
+}
+
+/// Opens one blocking socket (TCP_NODELAY) to `address`, within [`CONNECT_TIMEOUT`] per
+/// address it resolves to (the blocking load loop's sockets).
+pub fn connect_blocking(address: &str) -> Result<std::net::TcpStream, String> {
+    let addresses = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let mut failure = format!("cannot connect to {address}: it resolves to no address");
+    for resolved in addresses {
+        match std::net::TcpStream::connect_timeout(&resolved, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| format!("cannot set TCP_NODELAY on {address}: {e}"))?;
+                return Ok(stream);
+            }
+            Err(e) => failure = format!("cannot connect to {address}: {e}"),
+        }
+    }
+    Err(failure)
 }
 
 /// The operations the benchmark sends.

@@ -1,7 +1,8 @@
 //! In-process fake servers for the load loop's tests, on 127.0.0.1 port 0, one std thread per
 //! connection: a RESP server (GET/SET on a shared map) that can stall once, inject error replies
 //! or drop a connection, and a two-shard native server that checks routing and answers each
-//! batch of requests in reverse order (replies matched by id), over TCP ([`start_native`]) or over
+//! batch of requests in reverse order (replies matched by id), over TCP ([`start_native`], or
+//! [`start_native_with`] some of the RESP server's faults) or over
 //! RDMA sessions of `corekv_rdma`'s soft provider ([`start_rdma`], served as `node/src/rdma_serve.rs`
 //! does: handshake and tagged data connection, RDMA Read of the frames, RDMA Write of the
 //! responses, RESPONSE).
@@ -27,7 +28,8 @@ use corekv_rdma::soft::SoftPd;
 
 type Store = Arc<Mutex<HashMap<Bytes, Bytes>>>;
 
-/// What the fake RESP server does besides answering.
+/// What the fake RESP server does besides answering (the native one over TCP does `error_every`,
+/// `close_at` and `silent_from`).
 #[derive(Clone, Copy, Default)]
 pub struct Behaviour {
     /// When the server has received this many requests, it stops answering (every connection)
@@ -140,6 +142,12 @@ fn serve_resp(mut stream: TcpStream, shared: &RespShared) {
     }
 }
 
+/// The faults a fake native node injects (over TCP), counted over its GETs and SETs.
+struct NativeFaults {
+    behaviour: Behaviour,
+    requests: AtomicU64,
+}
+
 pub struct FakeNative {
     /// Shard 0's port, the seed.
     pub seed_port: u16,
@@ -149,6 +157,15 @@ pub struct FakeNative {
 
 /// A two-shard native node: each shard on its own port, keys routed by `key_shard(key, 2)`.
 pub fn start_native() -> FakeNative {
+    start_native_with(Behaviour::default())
+}
+
+/// [`start_native`], injecting `behaviour`'s `error_every`, `close_at` and `silent_from`.
+pub fn start_native_with(behaviour: Behaviour) -> FakeNative {
+    let faults = Arc::new(NativeFaults {
+        behaviour,
+        requests: AtomicU64::new(0),
+    });
     let listeners = [
         TcpListener::bind("127.0.0.1:0").unwrap(),
         TcpListener::bind("127.0.0.1:0").unwrap(),
@@ -162,18 +179,26 @@ pub fn start_native() -> FakeNative {
     let per_shard: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let store = Store::default();
     for (shard, listener) in listeners.into_iter().enumerate() {
-        let (topology, store, per_shard) = (topology.clone(), store.clone(), per_shard.clone());
+        let (topology, store, per_shard, faults) = (topology.clone(), store.clone(), per_shard.clone(), faults.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (topology, store, per_shard) = (topology.clone(), store.clone(), per_shard.clone());
-                std::thread::spawn(move || serve_native(stream, shard as u32, &topology, &store, &per_shard));
+                let (topology, store, per_shard, faults) =
+                    (topology.clone(), store.clone(), per_shard.clone(), faults.clone());
+                std::thread::spawn(move || serve_native(stream, shard as u32, &topology, &store, &per_shard, &faults));
             }
         });
     }
     FakeNative { seed_port, per_shard }
 }
 
-fn serve_native(mut stream: TcpStream, shard: u32, topology: &Topology, store: &Store, per_shard: &[AtomicU64; 2]) {
+fn serve_native(
+    mut stream: TcpStream,
+    shard: u32,
+    topology: &Topology,
+    store: &Store,
+    per_shard: &[AtomicU64; 2],
+    faults: &NativeFaults,
+) {
     let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(Limits::default());
     let mut input = BytesMut::with_capacity(64 * 1024);
@@ -184,7 +209,17 @@ fn serve_native(mut stream: TcpStream, shard: u32, topology: &Topology, store: &
             Ok(n) => n,
         };
         input.extend_from_slice(&chunk[..n]);
-        let out = answer_frames(&mut decoder, &mut input, shard, topology, store, per_shard);
+        let Some(out) = answer_frames(
+            &mut decoder,
+            &mut input,
+            shard,
+            topology,
+            store,
+            per_shard,
+            Some(faults),
+        ) else {
+            return; // close_at: the connection closes without a reply
+        };
         if stream.write_all(&out).is_err() {
             return;
         }
@@ -192,7 +227,7 @@ fn serve_native(mut stream: TcpStream, shard: u32, topology: &Topology, store: &
 }
 
 /// Answers every whole frame of `input` as shard `shard` of a two-shard node, in reverse order
-/// on purpose: the bench must match replies by id.
+/// on purpose: the bench must match replies by id. `None`: `faults` closes the connection.
 fn answer_frames(
     decoder: &mut FrameDecoder,
     input: &mut BytesMut,
@@ -200,11 +235,35 @@ fn answer_frames(
     topology: &Topology,
     store: &Store,
     per_shard: &[AtomicU64; 2],
-) -> BytesMut {
+    faults: Option<&NativeFaults>,
+) -> Option<BytesMut> {
     let mut answers = Vec::new();
     while let Some(frame) = decoder.decode(input).expect("valid frames from the bench") {
         let id = frame.request_id();
         let request = Request::decode(frame, &Limits::default()).expect("valid request");
+        if let Some(faults) = faults.filter(|_| !matches!(request, Request::Topology)) {
+            let n = faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
+            let b = faults.behaviour;
+            if b.close_at == Some(n) {
+                return None;
+            }
+            if b.silent_from.is_some_and(|from| n >= from) {
+                continue;
+            }
+            #[allow(clippy::manual_is_multiple_of)]
+            let inject = b.error_every.is_some_and(|every| n % every == 0);
+            if inject {
+                let message = Bytes::from_static(b"injected failure");
+                answers.push((
+                    id,
+                    Response::Error {
+                        code: ErrorCode::OUT_OF_MEMORY,
+                        message,
+                    },
+                ));
+                continue;
+            }
+        }
         let wrong_shard = |key: &[u8]| {
             let owner = key_shard(key, 2);
             (owner != shard).then(|| Response::Error {
@@ -234,7 +293,7 @@ fn answer_frames(
     for (id, response) in answers.iter().rev() {
         response.encode(*id, false, &mut out);
     }
-    out
+    Some(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,7 +458,9 @@ fn serve_rdma_session(mut control: TcpStream, magic: [u8; 4], shared: &RdmaShard
             &shared.topology,
             &shared.store,
             &shared.per_shard,
-        );
+            None,
+        )
+        .unwrap_or_default();
         assert!(input.is_empty(), "a request message carries whole frames");
         assert!(out.len() <= response_capacity as usize, "no PULL in this fake");
         let block = pool.alloc(out.len().max(1)).expect("room for the responses");

@@ -20,6 +20,10 @@
 //! | [`compare`] | the A/B table |
 //! | [`app`] | the program: rounds, output files, exit code |
 
+// The library exists for the binary and its tests: its module docs explain the internals and
+// link to them (read with `cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod app;
 pub mod compare;
 pub mod config;

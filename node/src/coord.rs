@@ -882,7 +882,7 @@ async fn rename(conn: &mut Connection, args: &[Bytes], only_if_absent: bool) {
     }
 }
 
-/// COPY source destination [DB destination-db] [REPLACE]
+/// `COPY source destination [DB destination-db] [REPLACE]`
 async fn copy(conn: &mut Connection, args: &[Bytes]) {
     let mut target_db = conn.db;
     let mut replace = false;

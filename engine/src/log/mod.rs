@@ -1,7 +1,7 @@
 //! A shard's persistence log: the on-disk format, the storage it is written to, the records the
 //! keyspace produces, snapshots, and the recovery that replays them at restart.
 //!
-//! - [`format`]: segment header and record encoding (byte tables in `engine/FORMAT.md`);
+//! - [`format`](mod@format): segment header and record encoding (byte tables in `engine/FORMAT.md`);
 //! - [`journal`]: the [`journal::Journal`] a keyspace appends its mutations to, as encoded records;
 //! - [`snapshot`]: snapshot files (a shard's whole state through a sequence): encoder and
 //!   streaming loader;

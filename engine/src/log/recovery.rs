@@ -638,7 +638,7 @@ impl ShardRecoveryReport {
 /// 1. A leftover incomplete snapshot is removed (unless read-only).
 /// 2. The newest installed snapshot, if any, is verified and replayed; X is its through-sequence
 ///    (0 without one). A damaged snapshot is always refused: it was complete when installed.
-/// 3. Segments covered by it (see [`covered_segments`]) are skipped and, with older snapshots,
+/// 3. Segments covered by it (see `covered_segments`) are skipped and, with older snapshots,
 ///    removed unless read-only (finishing an interrupted compaction).
 /// 4. The remaining segments are scanned as by [`recover`]: the oldest must start at a record
 ///    ≤ X + 1 ([`Corruption::LogGap`] otherwise), records ≤ X are verified but not replayed.

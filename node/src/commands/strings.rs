@@ -387,7 +387,7 @@ enum SetReply {
     OneZero,
 }
 
-/// SET key value [NX | XX | IFEQ cmp] [GET] [EX s | PX ms | EXAT ts | PXAT ts-ms | KEEPTTL]
+/// `SET key value [NX | XX | IFEQ cmp] [GET] [EX s | PX ms | EXAT ts | PXAT ts-ms | KEEPTTL]`
 pub fn set(ctx: &mut ExecCtx<'_>, args: &[Bytes], enc: &mut ReplyEncoder<'_>) {
     let Ok(opts) = parse_string_options(args, 3, true) else {
         enc.error(ERR_SYNTAX);

@@ -306,6 +306,24 @@ fn bench_keyspace(c: &mut Criterion) {
             keyspace.remove(0, black_box(fresh_key), NOW_MS)
         })
     });
+    // MSET of 10 resident keys: `set_all` (all or nothing, copying the values it overwrites into
+    // its undo buffer) against the same 10 `set`s one by one.
+    let mset_keys: Vec<[u8; 16]> = (0..10).map(|i| resident_key(i * 7919)).collect();
+    group.throughput(Throughput::Elements(10));
+    group.bench_function("mset_10_overwrite_set_all", |b| {
+        b.iter(|| {
+            let pairs = mset_keys.iter().map(|k| (&k[..], &VALUE[..]));
+            keyspace.set_all(0, black_box(pairs), NOW_MS)
+        })
+    });
+    group.bench_function("mset_10_overwrite_one_by_one", |b| {
+        b.iter(|| {
+            for k in &mset_keys {
+                keyspace.set(0, black_box(k), black_box(&VALUE), Expiry::Persist, NOW_MS)?;
+            }
+            Ok::<(), corekv_engine::EngineError>(())
+        })
+    });
     group.finish();
     assert_eq!(keyspace.len(0), RESIDENT_KEYS as usize);
 }

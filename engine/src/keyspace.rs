@@ -63,8 +63,9 @@ pub enum Expiry {
     At(u64),
 }
 
-/// A pair [`Keyspace::set_all`] has written, and what its key held before (value and expiry).
-type Undo<'a> = (&'a [u8], Option<(Vec<u8>, Option<u64>)>);
+/// A pair [`Keyspace::set_all`] has written, and what its key held before: where its value is in
+/// the undo buffer, and its expiry.
+type Undo<'a> = (&'a [u8], Option<(std::ops::Range<usize>, Option<u64>)>);
 
 /// Metadata about a live key (OBJECT, TTL, TYPE...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +156,8 @@ pub struct Keyspace {
     journal: Option<Journal>,
     /// Bumped by every effective `swap_db`.
     swap_epoch: u64,
+    /// The values `set_all` overwrote during its current call, back to back (reused).
+    undo_values: Vec<u8>,
 }
 
 /// Recomputes the index hash of a handle's key (table growth, backward shift, SCAN).
@@ -197,6 +200,7 @@ impl Keyspace {
             expire_db_cursor: 0,
             journal: None,
             swap_epoch: 0,
+            undo_values: Vec::new(),
         }
     }
 
@@ -379,6 +383,20 @@ impl Keyspace {
     /// Writes `value` under `key` (replacing any previous value) with the given expiry.
     /// Evicts first if the policy allows and the budget needs it; on error nothing changed.
     pub fn set(&mut self, db: usize, key: &[u8], value: &[u8], expiry: Expiry, now_ms: u64) -> Result<(), EngineError> {
+        self.set_saving(db, key, value, expiry, now_ms, |_| {})
+    }
+
+    /// [`set`](Self::set), first showing `save` what the key holds (value and expiry), or `None`
+    /// if it is absent: one lookup serves both.
+    fn set_saving(
+        &mut self,
+        db: usize,
+        key: &[u8],
+        value: &[u8],
+        expiry: Expiry,
+        now_ms: u64,
+        save: impl FnOnce(Option<(&[u8], Option<u64>)>),
+    ) -> Result<(), EngineError> {
         if db >= self.dbs.len() {
             return Err(EngineError::InvalidDb);
         }
@@ -387,6 +405,7 @@ impl Keyspace {
         }
         let old = self.lookup(db, key, now_ms);
         let old_ttl = old.and_then(|h| item::expire_at(self.mem.bytes(h)));
+        save(old.map(|h| (item::value(self.mem.bytes(h)), old_ttl)));
         let new_ttl = match expiry {
             Expiry::Persist => None,
             Expiry::Keep => old_ttl,
@@ -450,43 +469,53 @@ impl Keyspace {
     /// Writes every pair without a TTL (MSET), or none of them: when one is refused, the pairs
     /// written before it get their previous value and TTL back (or are removed again if they were
     /// absent) and the refusal is returned. Keys evicted to make room stay evicted, as when a single
-    /// write is refused after evicting. The undo log copies only the values being overwritten.
+    /// write is refused after evicting. The undo log copies only the values being overwritten, into
+    /// one buffer kept from call to call.
     pub fn set_all<'a>(
         &mut self,
         db: usize,
         pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         now_ms: u64,
     ) -> Result<(), EngineError> {
+        let mut values = std::mem::take(&mut self.undo_values);
+        values.clear();
         let mut undo: Vec<Undo<'a>> = Vec::new();
+        let mut result = Ok(());
         for (key, value) in pairs {
-            let previous = self.lookup(db, key, now_ms).map(|h| {
-                let buf = self.mem.bytes(h);
-                (item::value(buf).to_vec(), item::expire_at(buf))
+            let mut previous = None;
+            let start = values.len();
+            let written = self.set_saving(db, key, value, Expiry::Persist, now_ms, |old| {
+                previous = old.map(|(bytes, expire_at)| {
+                    values.extend_from_slice(bytes);
+                    (start..values.len(), expire_at)
+                });
             });
-            if let Err(refusal) = self.set(db, key, value, Expiry::Persist, now_ms) {
-                self.undo_writes(db, undo, now_ms);
-                return Err(refusal);
+            if let Err(refusal) = written {
+                self.undo_writes(db, &undo, &values, now_ms);
+                result = Err(refusal);
+                break;
             }
             undo.push((key, previous));
         }
-        Ok(())
+        self.undo_values = values;
+        result
     }
 
     /// Puts back what `set_all` overwrote, newest first (so each write's memory is released
     /// before the one before it is restored, and a key written twice ends with its first value).
-    fn undo_writes(&mut self, db: usize, undo: Vec<Undo<'_>>, now_ms: u64) {
-        for (key, previous) in undo.into_iter().rev() {
+    fn undo_writes(&mut self, db: usize, undo: &[Undo<'_>], values: &[u8], now_ms: u64) {
+        for (key, previous) in undo.iter().rev() {
             match previous {
                 None => {
                     self.remove(db, key, now_ms);
                 }
-                Some((value, expire_at)) => {
+                Some((range, expire_at)) => {
                     let expiry = expire_at.map_or(Expiry::Persist, Expiry::At);
                     // The old value fitted a moment ago and its memory was just released (the
                     // chunk of its class, or the page it moved to): restoring it can only fail if
                     // eviction is off and another class took that page meanwhile. The key then
                     // keeps the new value, which is the best left to do.
-                    let _ = self.set(db, key, &value, expiry, now_ms);
+                    let _ = self.set(db, key, &values[range.clone()], expiry, now_ms);
                 }
             }
         }

@@ -570,3 +570,47 @@ fn a_raw_stream_carries_many_frames_per_message_and_misrouted_keys_are_refused()
         "{stats:?}"
     );
 }
+
+#[test]
+fn a_session_left_half_set_up_does_not_hold_a_stopping_node() {
+    use corekv_rdma::channel::ChannelConfig;
+    use corekv_rdma::provider::{MemoryRegion, ProtectionDomain};
+    use corekv_rdma::rpc::Endpoint;
+    use corekv_rdma::soft::SoftPd;
+    use std::io::Read;
+
+    if corekv_only() {
+        return;
+    }
+    let mut node = start();
+    // A client that completes the handshake but never opens its data connection: the node
+    // admits the session and waits for that connection (up to its 10 s set-up timeout).
+    let pd = SoftPd::new();
+    let pool = pd.register(1 << 20).expect("register a pool");
+    let endpoint = Endpoint::new(&pd, ChannelConfig::default(), 4).expect("endpoint");
+    let ours = endpoint.handshake(&pd, 7, 0, 1, pool.desc());
+    let mut control = std::net::TcpStream::connect(("127.0.0.1", node.rdma_ports()[0])).expect("connect");
+    corekv_rdma::session::initiate(&mut control, &ours).expect("the node answers the handshake");
+    let mut token = [0u8; 8];
+    control
+        .read_exact(&mut token)
+        .expect("the node sends the session token");
+    wait_for(Duration::from_secs(10), || {
+        (connected_clients(&node) == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the half-set-up session is not counted: {}", connected_clients(&node)));
+
+    let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut node.client());
+    // Well inside the set-up timeout: the stop ends the waiting session instead of waiting for it.
+    let status = node
+        .wait_exit(Duration::from_secs(8))
+        .expect("the node waited for a half-set-up session before exiting");
+    assert!(status.success(), "exit {status:?}: {}", node.stderr());
+    let mut rest = Vec::new();
+    control.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        control.read_to_end(&mut rest).expect("the control connection closes"),
+        0,
+        "unexpected bytes after the token: {rest:?}"
+    );
+}

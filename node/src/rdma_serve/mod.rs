@@ -449,9 +449,21 @@ impl<P: SessionProvider + 'static> ShardRdma<P> {
             stream.write_all(&answer).await?;
             stream.write_all(&token.to_le_bytes()).await?;
             stream.flush().await?;
+            // A stopping node does not wait for a session still being set up.
+            let stopping = std::future::poll_fn(|cx| {
+                if ticket.stopping(cx) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            });
             let timeout = glommio::timer::sleep(SETUP_TIMEOUT);
-            match futures::future::select(rx, Box::pin(timeout)).await {
+            let given_up = futures::future::select(Box::pin(timeout), Box::pin(stopping));
+            match futures::future::select(rx, given_up).await {
                 futures::future::Either::Left((Ok(data), _)) => Ok(data),
+                futures::future::Either::Right((futures::future::Either::Right(_), _)) => {
+                    Err(PeerError::Setup("the node is stopping".into()))
+                }
                 _ => Err(PeerError::Setup("no data connection for the session".into())),
             }
         };

@@ -19,9 +19,15 @@
 //! is half full, and if that fails the shard refuses new writes (`DiskFull`) while the records
 //! already taken still fit in the current segment; it retries every second and resumes once the
 //! space is there.
+//!
+//! Creating a segment means writing its whole size with zeros (see [`LogFiles::create`]), which
+//! takes a good fraction of a second for 64 MiB on a slow disk. It runs in a task of its own, so
+//! the writes and syncs of the current segment go on meanwhile; only a roll-over that comes before
+//! the spare is ready waits for it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::rc::Rc;
 
 use futures::FutureExt;
 use std::pin::Pin;
@@ -93,14 +99,23 @@ struct Position {
     spare_failed_at: Option<Instant>,
 }
 
+/// The next segment, being created by a task of its own.
+struct SpareJob {
+    n: u64,
+    size: u64,
+    task: glommio::Task<std::io::Result<()>>,
+}
+
 /// One shard's log writer; see the module documentation.
-pub struct LogWriter<F: LogFiles> {
+pub struct LogWriter<F: LogFiles + 'static> {
     pub shard_id: u32,
     pub shard_count: u32,
     pub durability: Durability,
     pub fsync_interval: Duration,
     pub segment_size: u64,
-    files: F,
+    /// Shared with the task that creates the spare segment.
+    files: Rc<F>,
+    spare_job: RefCell<Option<SpareJob>>,
     /// Segments covered by a snapshot through this sequence are removed by the writer task.
     remove_through: Cell<Option<u64>>,
     pos: RefCell<Position>,
@@ -132,7 +147,7 @@ type SyncFuture<'a> = Pin<Box<dyn Future<Output = (u64, std::io::Result<()>)> + 
 /// the last record taken (or of the last record ever journaled when nothing was pending).
 pub type TakePending<'a> = &'a dyn Fn(&mut Vec<u8>) -> u64;
 
-impl<F: LogFiles> LogWriter<F> {
+impl<F: LogFiles + 'static> LogWriter<F> {
     /// Starts a log whose next segment is `next_segment` and whose next record gets `next_seq`.
     /// `existing` lists the segments already on disk (number, first sequence), oldest first. The
     /// first segment is created and its header synced before this returns.
@@ -156,7 +171,8 @@ impl<F: LogFiles> LogWriter<F> {
             durability,
             fsync_interval,
             segment_size,
-            files,
+            files: Rc::new(files),
+            spare_job: RefCell::new(None),
             remove_through: Cell::new(None),
             pos: RefCell::new(Position {
                 segment: next_segment,
@@ -286,14 +302,13 @@ impl<F: LogFiles> LogWriter<F> {
     /// Moves to the next segment; the next record written has sequence `first_seq`.
     /// `min_size` is the room the first record needs.
     async fn roll(&self, first_seq: u64, min_size: u64) -> std::io::Result<()> {
-        let (old, spare) = {
-            let pos = self.pos.borrow();
-            (pos.segment, pos.spare)
-        };
+        let old = self.pos.borrow().segment;
         // The old segment must be complete on disk before a later one holds records. (Records of
         // the batch being written may be in it without `written_seq` showing them yet.)
         self.sync_current().await?;
         self.files.close(old).await?;
+        self.finish_spare().await;
+        let spare = self.pos.borrow().spare;
         let want = self.segment_size.max(align_up(SEGMENT_HEADER_LEN as u64 + min_size));
         let (n, size) = match spare {
             Some((n, size)) if size >= want => (n, size),
@@ -396,21 +411,57 @@ impl<F: LogFiles> LogWriter<F> {
         Ok(())
     }
 
-    /// Creates the next segment ahead of time once the current one is half full; a full disk is
-    /// thus noticed while the current segment still has room for what was already accepted.
-    async fn prepare_spare(&self) {
+    /// Starts creating the next segment once the current one is half full (or, after a failure,
+    /// once [`SPARE_RETRY`] has passed); a full disk is thus noticed while the current segment
+    /// still has room for what was already accepted.
+    fn start_spare(&self) {
         let (segment, end, size, has_spare, failed_at) = {
             let pos = self.pos.borrow();
             (pos.segment, pos.end, pos.size, pos.spare.is_some(), pos.spare_failed_at)
         };
-        if has_spare || end < size / 2 || failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY) {
+        if has_spare
+            || self.spare_job.borrow().is_some()
+            || end < size / 2
+            || failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY)
+        {
             return;
         }
-        let result = self.files.create(segment + 1, self.segment_size).await;
+        let (n, size) = (segment + 1, self.segment_size);
+        let files = self.files.clone();
+        let task = glommio::spawn_local(async move { files.create(n, size).await });
+        *self.spare_job.borrow_mut() = Some(SpareJob { n, size, task });
+    }
+
+    /// Polls the spare's creation, taking its outcome if it is over.
+    fn poll_spare(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slot = self.spare_job.borrow_mut();
+        let Some(job) = slot.as_mut() else {
+            return Poll::Pending;
+        };
+        let Poll::Ready(result) = Pin::new(&mut job.task).poll(cx) else {
+            return Poll::Pending;
+        };
+        let (n, size) = (job.n, job.size);
+        *slot = None;
+        drop(slot);
+        self.spare_created(n, size, result);
+        Poll::Ready(())
+    }
+
+    /// Waits for the spare's creation, if one is running, and takes its outcome.
+    async fn finish_spare(&self) {
+        let job = self.spare_job.borrow_mut().take();
+        if let Some(job) = job {
+            let result = job.task.await;
+            self.spare_created(job.n, job.size, result);
+        }
+    }
+
+    fn spare_created(&self, n: u64, size: u64, result: std::io::Result<()>) {
         let mut pos = self.pos.borrow_mut();
         match result {
             Ok(()) => {
-                pos.spare = Some((segment + 1, self.segment_size));
+                pos.spare = Some((n, size));
                 pos.spare_failed_at = None;
                 if self.state.get() == LogState::DiskFull {
                     tracing::info!("shard {}: log has room again; writes are accepted", self.shard_id);
@@ -442,6 +493,7 @@ impl<F: LogFiles> LogWriter<F> {
         let mut background: Option<SyncFuture<'_>> = None;
         loop {
             let stopping = self.stop_requested.get();
+            let _ = std::future::poll_fn(|cx| Poll::Ready(self.poll_spare(cx))).now_or_never();
             if let Some(done) = background.as_mut().and_then(|f| f.now_or_never()) {
                 background = None;
                 if let Err(e) = self.synced(done) {
@@ -507,7 +559,7 @@ impl<F: LogFiles> LogWriter<F> {
                     );
                 }
             }
-            self.prepare_spare().await;
+            self.start_spare();
             if !stopping {
                 if let Some(done) = self.idle(&mut background).await {
                     background = None;
@@ -518,6 +570,8 @@ impl<F: LogFiles> LogWriter<F> {
                 }
             }
         }
+        // A stop leaves no segment half created.
+        self.finish_spare().await;
         self.stopped.set(true);
         self.wake_waiters();
     }
@@ -550,7 +604,23 @@ impl<F: LogFiles> LogWriter<F> {
         } else {
             None
         };
+        // While the disk is full nothing is written, so nothing kicks the writer: it wakes by
+        // itself to try the spare again.
+        let retry = match self.spare_job.borrow().is_none() {
+            true => self
+                .pos
+                .borrow()
+                .spare_failed_at
+                .map(|t| SPARE_RETRY.saturating_sub(t.elapsed())),
+            false => None,
+        };
+        let timeout = match (timeout, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let kicked = Kicked { log: self };
+        let spare = std::future::poll_fn(|cx| self.poll_spare(cx));
+        let kicked = futures::future::select(kicked, spare);
         let sleep = async {
             match timeout {
                 Some(d) => glommio::timer::sleep(d).await,
@@ -630,11 +700,11 @@ fn fitting(data: &[u8], room: u64) -> (usize, u64) {
     (at, n)
 }
 
-struct Kicked<'a, F: LogFiles> {
+struct Kicked<'a, F: LogFiles + 'static> {
     log: &'a LogWriter<F>,
 }
 
-impl<F: LogFiles> Future for Kicked<'_, F> {
+impl<F: LogFiles + 'static> Future for Kicked<'_, F> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.log.kicked.replace(false) || self.log.stop_requested.get() {
@@ -645,11 +715,11 @@ impl<F: LogFiles> Future for Kicked<'_, F> {
     }
 }
 
-struct Stopped<'a, F: LogFiles> {
+struct Stopped<'a, F: LogFiles + 'static> {
     log: &'a LogWriter<F>,
 }
 
-impl<F: LogFiles> Future for Stopped<'_, F> {
+impl<F: LogFiles + 'static> Future for Stopped<'_, F> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.log.stopped.get() {
@@ -660,12 +730,12 @@ impl<F: LogFiles> Future for Stopped<'_, F> {
     }
 }
 
-pub struct WaitDurable<'a, F: LogFiles> {
+pub struct WaitDurable<'a, F: LogFiles + 'static> {
     log: &'a LogWriter<F>,
     seq: u64,
 }
 
-impl<F: LogFiles> Future for WaitDurable<'_, F> {
+impl<F: LogFiles + 'static> Future for WaitDurable<'_, F> {
     type Output = Result<(), LogFailed>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let log = self.log;
@@ -683,12 +753,12 @@ impl<F: LogFiles> Future for WaitDurable<'_, F> {
     }
 }
 
-pub struct WaitWritten<'a, F: LogFiles> {
+pub struct WaitWritten<'a, F: LogFiles + 'static> {
     log: &'a LogWriter<F>,
     seq: u64,
 }
 
-impl<F: LogFiles> Future for WaitWritten<'_, F> {
+impl<F: LogFiles + 'static> Future for WaitWritten<'_, F> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let log = self.log;
@@ -716,8 +786,12 @@ mod tests {
     use super::*;
 
     /// [`LogFiles`] over a shared [`FaultyStorage`]; pre-allocation writes zeros, so a capacity
-    /// limit makes segment creation fail with ENOSPC as on a real disk.
-    struct FaultyFiles(Rc<RefCell<FaultyStorage>>);
+    /// limit makes segment creation fail with ENOSPC as on a real disk. While `hold_creates` is
+    /// set, creating a segment does not finish (a slow disk zero-filling it).
+    struct FaultyFiles {
+        storage: Rc<RefCell<FaultyStorage>>,
+        hold_creates: Rc<Cell<bool>>,
+    }
 
     fn io(e: StorageError) -> std::io::Error {
         match e {
@@ -732,7 +806,10 @@ mod tests {
             vec![0; len]
         }
         async fn create(&self, n: u64, size: u64) -> std::io::Result<()> {
-            let mut s = self.0.borrow_mut();
+            while self.hold_creates.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let mut s = self.storage.borrow_mut();
             s.create(n).map_err(io)?;
             if let Err(e) = s.write_at(n, 0, &vec![0; size as usize]) {
                 let _ = s.remove(n);
@@ -741,16 +818,16 @@ mod tests {
             Ok(())
         }
         async fn write(&self, n: u64, offset: u64, buf: Vec<u8>) -> std::io::Result<()> {
-            self.0.borrow_mut().write_at(n, offset, &buf).map_err(io)
+            self.storage.borrow_mut().write_at(n, offset, &buf).map_err(io)
         }
         async fn sync(&self, n: u64) -> std::io::Result<()> {
-            self.0.borrow_mut().sync(n).map_err(io)
+            self.storage.borrow_mut().sync(n).map_err(io)
         }
         async fn close(&self, _n: u64) -> std::io::Result<()> {
             Ok(())
         }
         async fn remove(&self, n: u64) -> std::io::Result<()> {
-            self.0.borrow_mut().remove(n).map_err(io)
+            self.storage.borrow_mut().remove(n).map_err(io)
         }
     }
 
@@ -765,14 +842,20 @@ mod tests {
 
     struct Harness {
         storage: Rc<RefCell<FaultyStorage>>,
+        hold_creates: Rc<Cell<bool>>,
         journal: Rc<RefCell<Journal>>,
         log: Rc<LogWriter<FaultyFiles>>,
     }
 
     async fn harness(durability: Durability, storage: FaultyStorage) -> Harness {
         let storage = Rc::new(RefCell::new(storage));
+        let hold_creates = Rc::new(Cell::new(false));
+        let files = FaultyFiles {
+            storage: storage.clone(),
+            hold_creates: hold_creates.clone(),
+        };
         let log = LogWriter::open(
-            FaultyFiles(storage.clone()),
+            files,
             0,
             1,
             durability,
@@ -796,7 +879,12 @@ mod tests {
             writer_log.run(&take).await;
         })
         .detach();
-        Harness { storage, journal, log }
+        Harness {
+            storage,
+            hold_creates,
+            journal,
+            log,
+        }
     }
 
     impl Harness {
@@ -944,6 +1032,72 @@ mod tests {
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
             assert_eq!(h.keys_after_crash(), acked);
+        });
+    }
+
+    /// `wait_durable`, failing the test instead of hanging it.
+    async fn durable_soon(log: &LogWriter<FaultyFiles>, seq: u64, what: &str) {
+        let wait = log.wait_durable(seq);
+        let timeout = glommio::timer::sleep(Duration::from_secs(10));
+        futures::pin_mut!(wait, timeout);
+        match futures::future::select(wait, timeout).await {
+            futures::future::Either::Left((result, _)) => result.expect(what),
+            futures::future::Either::Right(_) => panic!("{what}: not durable after 10 s"),
+        }
+    }
+
+    #[test]
+    fn writes_go_on_while_the_next_segment_is_created_and_a_roll_over_waits_for_it() {
+        run_test(async {
+            let h = harness(Durability::Always, FaultyStorage::new()).await;
+            // Segment creation stalls from now on: the spare starts once segment 1 is half full.
+            h.hold_creates.set(true);
+            let mut acked = Vec::new();
+            for n in 0..40 {
+                let key = format!("k{n}");
+                let seq = h.set(&key, 1000);
+                durable_soon(&h.log, seq, "durable while the spare is being created").await;
+                acked.push(key);
+            }
+            assert!(h.log.spare_job.borrow().is_some(), "the spare's creation never started");
+            assert_eq!(h.log.segment_count(), 1, "{:?}", h.log.segments());
+            // Past the end of segment 1: the roll-over waits for the spare, then carries on.
+            let key = "big".to_string();
+            let seq = h.set(&key, 40_000);
+            h.log.kick();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert!(
+                h.log.durable_seq() < seq,
+                "written past a segment that does not exist yet"
+            );
+            h.hold_creates.set(false);
+            durable_soon(&h.log, seq, "durable once the spare exists").await;
+            acked.push(key);
+            assert_eq!(h.log.segments().len(), 2, "{:?}", h.log.segments());
+            assert_eq!(h.keys_after_crash(), acked);
+        });
+    }
+
+    #[test]
+    fn a_full_disk_is_retried_without_new_writes() {
+        run_test(async {
+            let mut storage = FaultyStorage::new();
+            storage.set_capacity(Some(SEGMENT + SEGMENT / 2));
+            let h = harness(Durability::Always, storage).await;
+            let mut n = 0;
+            while h.log.state() == LogState::Ok {
+                let seq = h.set(&format!("k{n}"), 1000);
+                durable_soon(&h.log, seq, "durable while there is room").await;
+                n += 1;
+                assert!(n < 100, "the spare segment never failed");
+            }
+            // A full node refuses writes, so nothing kicks the writer: it must try again itself.
+            h.storage.borrow_mut().set_capacity(None);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while h.log.state() != LogState::Ok {
+                assert!(Instant::now() < deadline, "writer never left DiskFull by itself");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
         });
     }
 

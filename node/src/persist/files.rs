@@ -6,10 +6,11 @@
 //!
 //! Every write covers whole [`BLOCK`]-sized blocks at a block-aligned offset, as O_DIRECT demands.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 use corekv_engine::log::dir_storage::segment_file_name;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -36,7 +37,9 @@ pub trait LogFiles {
     fn alloc(&self, len: usize) -> Self::Buf;
     /// Creates segment `n` and reserves `size` bytes for it, then syncs the directory. Its header
     /// block is written later (by [`LogFiles::write`] and [`LogFiles::sync`]) before any record.
-    async fn create(&self, n: u64, size: u64) -> io::Result<()>;
+    /// The reservation itself comes first (a full disk fails at once); writing the reserved bytes,
+    /// if the implementation does, goes only as far as `pace` allows.
+    async fn create(&self, n: u64, size: u64, pace: &FillPace) -> io::Result<()>;
     /// Writes `buf` at `offset` (both block-aligned) of segment `n`.
     async fn write(&self, n: u64, offset: u64, buf: Self::Buf) -> io::Result<()>;
     /// fdatasync of segment `n`.
@@ -45,6 +48,57 @@ pub trait LogFiles {
     async fn close(&self, n: u64) -> io::Result<()>;
     /// Deletes segment `n` (closed or never opened here) and syncs the directory.
     async fn remove(&self, n: u64) -> io::Result<()>;
+}
+
+/// How far the zero-fill of a segment being created may go: the writer raises the limit as it
+/// appends to the current segment, so the zeros reach the disk spread over many syncs instead of
+/// in one burst that every sync behind it would wait for.
+#[derive(Debug)]
+pub struct FillPace {
+    allowed: Cell<u64>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl FillPace {
+    /// A pace that never holds the fill back.
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX)
+    }
+
+    /// A pace that lets the first `allowed` bytes go.
+    pub fn new(allowed: u64) -> Self {
+        FillPace {
+            allowed: Cell::new(allowed),
+            waker: RefCell::new(None),
+        }
+    }
+
+    /// Lets the fill go up to `allowed` bytes (never lowers the limit).
+    pub fn raise(&self, allowed: u64) {
+        if allowed > self.allowed.get() {
+            self.allowed.set(allowed);
+            if let Some(waker) = self.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// How many bytes from the start may be written now.
+    pub fn allowed(&self) -> u64 {
+        self.allowed.get()
+    }
+
+    /// Resolves once the first `through` bytes may be written.
+    pub async fn wait_for(&self, through: u64) {
+        std::future::poll_fn(|cx| {
+            if self.allowed.get() >= through {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// Segments of one shard directory, through glommio's DMA files.
@@ -84,12 +138,17 @@ pub async fn sync_dir(path: &Path) -> io::Result<()> {
     dir.close().await.map_err(io::Error::from)
 }
 
-/// Writes zeros over the first `size` bytes of `file`, a large block at a time.
-async fn zero_fill(file: &DmaFile, size: u64) -> io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
+/// Writes zeros over the first `size` bytes of `file`, as far as `pace` allows at a time: in
+/// small pieces while it follows the log (each sync then carries a few KiB of zeros, not a burst),
+/// in large ones when it is not held back.
+async fn zero_fill(file: &DmaFile, size: u64, pace: &FillPace) -> io::Result<()> {
+    const MIN_CHUNK: u64 = 32 << 10;
+    const MAX_CHUNK: u64 = 1 << 20;
     let mut at = 0;
     while at < size {
-        let len = CHUNK.min(size - at);
+        pace.wait_for(at + MIN_CHUNK.min(size - at)).await;
+        let room = pace.allowed().saturating_sub(at).min(MAX_CHUNK);
+        let len = if room >= size - at { size - at } else { align_down(room) };
         let mut buf = file.alloc_dma_buffer(align_up(len) as usize);
         buf.as_bytes_mut().fill(0);
         file.write_at(buf, at).await.map_err(io::Error::from)?;
@@ -111,7 +170,7 @@ impl LogFiles for DmaLogFiles {
         buf
     }
 
-    async fn create(&self, n: u64, size: u64) -> io::Result<()> {
+    async fn create(&self, n: u64, size: u64, pace: &FillPace) -> io::Result<()> {
         let path = self.dir.join(segment_file_name(n));
         let file = OpenOptions::new()
             .read(true)
@@ -127,7 +186,7 @@ impl LogFiles for DmaLogFiles {
         // which made each fdatasync several times slower here (see benches/RESULTS.md).
         let prepared = async {
             file.pre_allocate(size, false).await.map_err(io::Error::from)?;
-            zero_fill(&file, size).await?;
+            zero_fill(&file, size, pace).await?;
             file.fdatasync().await.map_err(io::Error::from)
         };
         if let Err(e) = prepared.await {
@@ -173,5 +232,27 @@ impl LogFiles for DmaLogFiles {
             Err(e) => return Err(e),
         }
         self.sync_dir().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn a_fill_pace_holds_the_fill_until_raised_far_enough() {
+        let pace = FillPace::new(4096);
+        assert!(pace.wait_for(4096).now_or_never().is_some());
+        let wait = pace.wait_for(8192);
+        futures::pin_mut!(wait);
+        assert!(wait.as_mut().now_or_never().is_none());
+        pace.raise(8191);
+        assert!(wait.as_mut().now_or_never().is_none());
+        pace.raise(1);
+        assert!(wait.as_mut().now_or_never().is_none(), "a limit is never lowered");
+        pace.raise(8192);
+        assert!(wait.as_mut().now_or_never().is_some());
+        assert!(FillPace::unlimited().wait_for(u64::MAX).now_or_never().is_some());
     }
 }

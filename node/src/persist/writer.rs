@@ -15,15 +15,19 @@
 //! goes into it; a segment is synced before the next one receives records; a failed write or
 //! sync stops the log for good (after a failed fsync the kernel may have dropped the data while a
 //! later fsync succeeds, so nothing is ever acknowledged again until a restart has recovered).
-//! A full disk is seen early: the next segment is created and pre-allocated when the current one
-//! is half full, and if that fails the shard refuses new writes (`DiskFull`) while the records
-//! already taken still fit in the current segment; it retries every second and resumes once the
-//! space is there.
+//! A full disk is seen early: the next segment's space is reserved as soon as the current one
+//! starts, and if that fails the shard refuses new writes (`DiskFull`) while the records already
+//! taken still fit in the current segment; it retries every second and resumes once the space is
+//! there.
 //!
 //! Creating a segment means writing its whole size with zeros (see [`LogFiles::create`]), which
-//! takes a good fraction of a second for 64 MiB on a slow disk. It runs in a task of its own, so
-//! the writes and syncs of the current segment go on meanwhile; only a roll-over that comes before
-//! the spare is ready waits for it.
+//! takes a good fraction of a second for 64 MiB on a slow disk. It runs in a task of its own,
+//! started as soon as a segment becomes the current one, so the writes and syncs go on meanwhile.
+//! Its zeros keep pace with the log ([`FillPace`]): for every byte appended to the current segment
+//! it may write [`FILL_RATIO`] bytes of the next one, so it is done by the time the current segment
+//! is half full, and each sync carries a share of the zeros proportional to the records it syncs
+//! instead of some syncs waiting behind a burst of megabytes. A roll-over that comes before the
+//! spare is ready (the pace is lifted then) or a stop waits for it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -36,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use corekv_engine::log::format::{peek_record_len, SegmentHeader, SEGMENT_HEADER_LEN};
 
-use super::files::{align_down, align_up, LogFiles, BLOCK};
+use super::files::{align_down, align_up, FillPace, LogFiles, BLOCK};
 use crate::config::Durability;
 
 /// Largest single write: a long backlog goes out in pieces of this size, so the staging buffer
@@ -44,6 +48,10 @@ use crate::config::Durability;
 const MAX_WRITE: usize = 4 << 20;
 /// How long after a failed attempt to create the next segment (disk full) the writer tries again.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
+/// Bytes of zeros the next segment's creation may write per byte appended to the current segment.
+const FILL_RATIO: u64 = 2;
+/// Bytes of zeros the next segment's creation may write before the current segment grows.
+const FILL_HEAD_START: u64 = 1 << 20;
 /// Journal bytes beyond which writers wait for the log to catch up (backpressure).
 pub const BACKLOG_LIMIT: usize = 64 << 20;
 
@@ -103,6 +111,9 @@ struct Position {
 struct SpareJob {
     n: u64,
     size: u64,
+    /// The current segment's end when the creation started (its pace counts from there).
+    from_end: u64,
+    pace: Rc<FillPace>,
     task: glommio::Task<std::io::Result<()>>,
 }
 
@@ -164,7 +175,7 @@ impl<F: LogFiles + 'static> LogWriter<F> {
         next_seq: u64,
     ) -> std::io::Result<Self> {
         assert!(segment_size >= 2 * BLOCK, "segment size below two blocks");
-        files.create(next_segment, segment_size).await?;
+        files.create(next_segment, segment_size, &FillPace::unlimited()).await?;
         let writer = LogWriter {
             shard_id,
             shard_count,
@@ -314,11 +325,11 @@ impl<F: LogFiles + 'static> LogWriter<F> {
             Some((n, size)) if size >= want => (n, size),
             Some((n, _)) => {
                 self.files.remove(n).await?;
-                self.files.create(n, want).await?;
+                self.files.create(n, want, &FillPace::unlimited()).await?;
                 (n, want)
             }
             None => {
-                self.files.create(old + 1, want).await?;
+                self.files.create(old + 1, want, &FillPace::unlimited()).await?;
                 (old + 1, want)
             }
         };
@@ -384,6 +395,8 @@ impl<F: LogFiles + 'static> LogWriter<F> {
             pos.tail = new_tail;
             let mut stats = self.stats.borrow_mut();
             stats.bytes_written += len;
+            drop((pos, stats));
+            self.pace_spare();
         }
         Ok(())
     }
@@ -411,25 +424,36 @@ impl<F: LogFiles + 'static> LogWriter<F> {
         Ok(())
     }
 
-    /// Starts creating the next segment once the current one is half full (or, after a failure,
-    /// once [`SPARE_RETRY`] has passed); a full disk is thus noticed while the current segment
+    /// Starts creating the next segment (or, after a failure, retries once [`SPARE_RETRY`] has
+    /// passed); its space is reserved first, so a full disk is noticed while the current segment
     /// still has room for what was already accepted.
     fn start_spare(&self) {
-        let (segment, end, size, has_spare, failed_at) = {
+        let (segment, end, has_spare, failed_at) = {
             let pos = self.pos.borrow();
-            (pos.segment, pos.end, pos.size, pos.spare.is_some(), pos.spare_failed_at)
+            (pos.segment, pos.end, pos.spare.is_some(), pos.spare_failed_at)
         };
-        if has_spare
-            || self.spare_job.borrow().is_some()
-            || end < size / 2
-            || failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY)
-        {
+        if has_spare || self.spare_job.borrow().is_some() || failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY) {
             return;
         }
         let (n, size) = (segment + 1, self.segment_size);
-        let files = self.files.clone();
-        let task = glommio::spawn_local(async move { files.create(n, size).await });
-        *self.spare_job.borrow_mut() = Some(SpareJob { n, size, task });
+        let pace = Rc::new(FillPace::new(FILL_HEAD_START));
+        let (files, fill_pace) = (self.files.clone(), pace.clone());
+        let task = glommio::spawn_local(async move { files.create(n, size, &fill_pace).await });
+        *self.spare_job.borrow_mut() = Some(SpareJob {
+            n,
+            size,
+            from_end: end,
+            pace,
+            task,
+        });
+    }
+
+    /// Lets the spare's zero-fill follow what the current segment received.
+    fn pace_spare(&self) {
+        if let Some(job) = self.spare_job.borrow().as_ref() {
+            let grown = self.pos.borrow().end.saturating_sub(job.from_end);
+            job.pace.raise(FILL_HEAD_START + FILL_RATIO * grown);
+        }
     }
 
     /// Polls the spare's creation, taking its outcome if it is over.
@@ -448,12 +472,31 @@ impl<F: LogFiles + 'static> LogWriter<F> {
         Poll::Ready(())
     }
 
-    /// Waits for the spare's creation, if one is running, and takes its outcome.
+    /// Waits for the spare's creation, if one is running (no longer paced), and takes its outcome.
     async fn finish_spare(&self) {
         let job = self.spare_job.borrow_mut().take();
         if let Some(job) = job {
+            job.pace.raise(u64::MAX);
             let result = job.task.await;
             self.spare_created(job.n, job.size, result);
+        }
+    }
+
+    /// At the end: stops the spare's creation and removes the spare, so that a stopped log leaves
+    /// no segment without a header behind (recovery would report it as a torn creation).
+    async fn discard_spare(&self) {
+        let job = self.spare_job.borrow_mut().take();
+        let mut unused = self.pos.borrow_mut().spare.take().map(|(n, _)| n);
+        if let Some(job) = job {
+            let _ = job.task.cancel().await;
+            unused = Some(job.n);
+        }
+        if let Some(n) = unused {
+            if let Err(e) = self.files.remove(n).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("shard {}: cannot remove the unused log segment {n}: {e}", self.shard_id);
+                }
+            }
         }
     }
 
@@ -570,8 +613,7 @@ impl<F: LogFiles + 'static> LogWriter<F> {
                 }
             }
         }
-        // A stop leaves no segment half created.
-        self.finish_spare().await;
+        self.discard_spare().await;
         self.stopped.set(true);
         self.wake_waiters();
     }
@@ -805,7 +847,7 @@ mod tests {
         fn alloc(&self, len: usize) -> Vec<u8> {
             vec![0; len]
         }
-        async fn create(&self, n: u64, size: u64) -> std::io::Result<()> {
+        async fn create(&self, n: u64, size: u64, _pace: &FillPace) -> std::io::Result<()> {
             while self.hold_creates.get() {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
@@ -848,7 +890,13 @@ mod tests {
     }
 
     async fn harness(durability: Durability, storage: FaultyStorage) -> Harness {
+        harness_with(durability, storage, false).await
+    }
+
+    /// With `hold_creates`, every segment creation after the first stalls until it is cleared.
+    async fn harness_with(durability: Durability, storage: FaultyStorage, hold_creates: bool) -> Harness {
         let storage = Rc::new(RefCell::new(storage));
+        let hold = hold_creates;
         let hold_creates = Rc::new(Cell::new(false));
         let files = FaultyFiles {
             storage: storage.clone(),
@@ -867,6 +915,7 @@ mod tests {
         )
         .await
         .expect("open log");
+        hold_creates.set(hold);
         let log = Rc::new(log);
         let journal = Rc::new(RefCell::new(Journal::new(1)));
         let (writer_log, writer_journal) = (log.clone(), journal.clone());
@@ -1049,9 +1098,8 @@ mod tests {
     #[test]
     fn writes_go_on_while_the_next_segment_is_created_and_a_roll_over_waits_for_it() {
         run_test(async {
-            let h = harness(Durability::Always, FaultyStorage::new()).await;
-            // Segment creation stalls from now on: the spare starts once segment 1 is half full.
-            h.hold_creates.set(true);
+            // The spare's creation starts with segment 1 and stalls until told to go on.
+            let h = harness_with(Durability::Always, FaultyStorage::new(), true).await;
             let mut acked = Vec::new();
             for n in 0..40 {
                 let key = format!("k{n}");
@@ -1115,6 +1163,11 @@ mod tests {
             let last = h.set("b", 10);
             h.log.stop().await;
             assert_eq!(h.log.durable_seq(), last, "stop syncs everything taken");
+            assert_eq!(
+                h.storage.borrow().list().expect("list"),
+                vec![1],
+                "a stopped log leaves no spare segment behind"
+            );
             assert_eq!(h.keys_after_crash(), vec!["a".to_string(), "b".to_string()]);
         });
     }

@@ -24,8 +24,9 @@
 //! its waker) when there is nothing to do, so an idle shard does not burn its core.
 //!
 //! Sessions count as clients (`connected_clients`, `--max-clients`). When the node stops, every
-//! idle session is told at once and ends; a session in the middle of a batch finishes and answers
-//! it first, and the shard syncs its log for the last time only once all of them are over.
+//! idle session is told at once and ends (as does one still waiting for its data connection); a
+//! session in the middle of a batch finishes and answers it first, and the shard syncs its log
+//! for the last time only once all of them are over.
 //!
 //! Memory: data buffers come from the shard's pool only, never registered on the request path;
 //! the control channel's fixed-size ring (about 12 KiB) is registered once per session, at

@@ -5,6 +5,17 @@
 //! the tests drive the same writer over the engine's fault-injecting storage instead.
 //!
 //! Every write covers whole [`BLOCK`]-sized blocks at a block-aligned offset, as O_DIRECT demands.
+//!
+//! No I/O polling: glommio sends the O_DIRECT reads and writes of a file to its polled ring
+//! (`IORING_SETUP_IOPOLL`) when a test read through that ring succeeds on the file's device, and
+//! an executor with a polled request in flight cannot sleep: it spins until the request is done.
+//! The test read succeeds on ordinary ext4 or xfs files even when the device has no polling queues
+//! (`/sys/block/*/queue/io_poll` is 0 on most machines, and NVMe needs `poll_queues` set), so every
+//! log write would cost its whole duration in CPU: measured, 426 µs of CPU per `always` SET at one
+//! connection against 156 µs without. Segments are therefore opened write-only: glommio's test
+//! read fails on such a file, and it then serves every file of that device on its executor from
+//! the interrupt-driven ring. The segment is the first file a shard opens through glommio, which
+//! decides it for the shard's thread (glommio caches the outcome per device and thread).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -172,8 +183,9 @@ impl LogFiles for DmaLogFiles {
 
     async fn create(&self, n: u64, size: u64, pace: &FillPace) -> io::Result<()> {
         let path = self.dir.join(segment_file_name(n));
+        // Write-only on purpose, so that the segments' writes complete by interrupt and a shard
+        // can sleep while they are in flight (module documentation, "No I/O polling").
         let file = OpenOptions::new()
-            .read(true)
             .write(true)
             .create_new(true)
             .dma_open(&path)

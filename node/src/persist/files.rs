@@ -11,11 +11,12 @@
 //! an executor with a polled request in flight cannot sleep: it spins until the request is done.
 //! The test read succeeds on ordinary ext4 or xfs files even when the device has no polling queues
 //! (`/sys/block/*/queue/io_poll` is 0 on most machines, and NVMe needs `poll_queues` set), so every
-//! log write would cost its whole duration in CPU: measured, 426 µs of CPU per `always` SET at one
-//! connection against 156 µs without. Segments are therefore opened write-only: glommio's test
-//! read fails on such a file, and it then serves every file of that device on its executor from
-//! the interrupt-driven ring. The segment is the first file a shard opens through glommio, which
-//! decides it for the shard's thread (glommio caches the outcome per device and thread).
+//! log write would cost its whole duration in CPU: measured on a 2-shard node, 750–790 µs of CPU per
+//! `always` SET at one connection against 170–220 µs without (`benches/RESULTS.md`). Segments are
+//! therefore opened write-only: glommio's test read fails on such a file, and it then serves every
+//! file of that device on its executor from the interrupt-driven ring. The segment is the first
+//! file a shard opens through glommio, which decides it for the shard's thread (glommio caches the
+//! outcome per device and thread).
 
 use std::cell::{Cell, RefCell};
 use std::io;

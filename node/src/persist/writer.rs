@@ -27,7 +27,7 @@
 //! it may write [`FILL_RATIO`] bytes of the next one, so it is done by the time the current segment
 //! is half full, and each sync carries a share of the zeros proportional to the records it syncs
 //! instead of some syncs waiting behind a burst of megabytes. A roll-over that comes before the
-//! spare is ready (the pace is lifted then) or a stop waits for it.
+//! spare is ready lifts the pace and waits for it; a stop cancels it and removes the spare.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -648,13 +648,11 @@ impl<F: LogFiles + 'static> LogWriter<F> {
         };
         // While the disk is full nothing is written, so nothing kicks the writer: it wakes by
         // itself to try the spare again.
-        let retry = match self.spare_job.borrow().is_none() {
-            true => self
-                .pos
-                .borrow()
-                .spare_failed_at
-                .map(|t| SPARE_RETRY.saturating_sub(t.elapsed())),
-            false => None,
+        let retry = if self.spare_job.borrow().is_none() {
+            let failed_at = self.pos.borrow().spare_failed_at;
+            failed_at.map(|t| SPARE_RETRY.saturating_sub(t.elapsed()))
+        } else {
+            None
         };
         let timeout = match (timeout, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),

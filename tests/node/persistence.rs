@@ -1872,3 +1872,53 @@ fn a_relative_data_dir_works() {
     assert_eq!(q(&mut con, "GET rel"), bulk("value"));
     stop(child);
 }
+
+/// The submission counts (`SqHead` in fdinfo) of every io_uring instance the process holds.
+fn io_uring_submissions(pid: u32) -> Vec<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc/pid/fd");
+    let mut heads = Vec::new();
+    for fd in fds.flatten() {
+        let is_ring = std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().contains("io_uring"));
+        if !is_ring {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+            .expect("read fdinfo");
+        let head = info
+            .lines()
+            .find_map(|l| l.strip_prefix("SqHead:"))
+            .map(|v| v.trim().parse::<u64>().expect("SqHead"))
+            .expect("an io_uring fdinfo shows SqHead");
+        heads.push(head);
+    }
+    heads
+}
+
+#[test]
+fn log_writes_never_go_through_the_polled_ring() {
+    if corekv_only() {
+        return;
+    }
+    // glommio gives each shard three rings; its polled ring (IOPOLL) cannot sleep while a request
+    // is in flight, so a shard whose log writes went there would spin through every write. The
+    // node keeps the log off it: that ring sees at most glommio's one probe read per shard.
+    let dir = TestDir::new("no-iopoll");
+    let shards = 2;
+    let node = Node::start_in(dir.path(), &["--durability", "always", "--shards", "2"]);
+    let mut c = node.client();
+    let items: Vec<(String, Vec<u8>, u64)> = (0..300).map(|i| (format!("poll:{i}"), vec![b'x'; 1000], 0)).collect();
+    set_many(&mut c, &items);
+    let info = pinfo(&mut c);
+    assert!(
+        info.int("log_bytes_written") >= 300 * 1000,
+        "the writes did not reach the log:\n{}",
+        info.text
+    );
+    let heads = io_uring_submissions(node.pid());
+    assert_eq!(heads.len(), 3 * shards, "expected 3 rings per shard: {heads:?}");
+    let idle = heads.iter().filter(|&&h| h <= 1).count();
+    assert_eq!(
+        idle, shards,
+        "one ring per shard (the polled one) must stay unused; submissions per ring: {heads:?}"
+    );
+}

@@ -536,7 +536,8 @@ impl<F: LogFiles + 'static> LogWriter<F> {
         let mut background: Option<SyncFuture<'_>> = None;
         loop {
             let stopping = self.stop_requested.get();
-            let _ = std::future::poll_fn(|cx| Poll::Ready(self.poll_spare(cx))).now_or_never();
+            // Takes the spare's outcome if its creation is over (the idle wait polls it for real).
+            let _ = self.poll_spare(&mut Context::from_waker(futures::task::noop_waker_ref()));
             if let Some(done) = background.as_mut().and_then(|f| f.now_or_never()) {
                 background = None;
                 if let Err(e) = self.synced(done) {

@@ -304,6 +304,18 @@ impl SessionTicket {
         }
         false
     }
+
+    /// Resolves once the node stops.
+    async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.stopping(cx) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for SessionTicket {
@@ -451,15 +463,8 @@ impl<P: SessionProvider + 'static> ShardRdma<P> {
             stream.write_all(&token.to_le_bytes()).await?;
             stream.flush().await?;
             // A stopping node does not wait for a session still being set up.
-            let stopping = std::future::poll_fn(|cx| {
-                if ticket.stopping(cx) {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            });
             let timeout = glommio::timer::sleep(SETUP_TIMEOUT);
-            let given_up = futures::future::select(Box::pin(timeout), Box::pin(stopping));
+            let given_up = futures::future::select(Box::pin(timeout), Box::pin(ticket.stopped()));
             match futures::future::select(rx, given_up).await {
                 futures::future::Either::Left((Ok(data), _)) => Ok(data),
                 futures::future::Either::Right((futures::future::Either::Right(_), _)) => {

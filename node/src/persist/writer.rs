@@ -1041,23 +1041,28 @@ mod tests {
         });
     }
 
+    /// A log on a disk with room for its first segment only (the spare cannot be pre-allocated),
+    /// written to until it leaves `Ok`; returns it with the keys acknowledged so far.
+    async fn log_on_a_full_disk() -> (Harness, Vec<String>) {
+        let mut storage = FaultyStorage::new();
+        storage.set_capacity(Some(SEGMENT + SEGMENT / 2));
+        let h = harness(Durability::Always, storage).await;
+        let mut acked = Vec::new();
+        while h.log.state() == LogState::Ok {
+            let key = format!("k{}", acked.len());
+            let seq = h.set(&key, 1000);
+            durable_soon(&h.log, seq, "durable while there is room").await;
+            acked.push(key);
+            assert!(acked.len() < 100, "the spare segment never failed");
+        }
+        (h, acked)
+    }
+
     #[test]
     fn a_full_disk_refuses_new_writes_keeps_acknowledged_ones_and_recovers() {
         run_test(async {
-            let mut storage = FaultyStorage::new();
-            // Room for the first segment only: the spare cannot be pre-allocated.
-            storage.set_capacity(Some(SEGMENT + SEGMENT / 2));
-            let h = harness(Durability::Always, storage).await;
-            let mut acked = Vec::new();
-            let mut n = 0;
-            while h.log.state() == LogState::Ok {
-                let key = format!("k{n}");
-                let seq = h.set(&key, 1000);
-                h.log.wait_durable(seq).await.expect("durable while there is room");
-                acked.push(key);
-                n += 1;
-                assert!(n < 100, "the spare segment never failed");
-            }
+            let (h, mut acked) = log_on_a_full_disk().await;
+            let mut n = acked.len();
             assert_eq!(h.log.state(), LogState::DiskFull);
             assert!(
                 h.log.stats.borrow().last_error.contains("no space"),
@@ -1128,16 +1133,8 @@ mod tests {
     #[test]
     fn a_full_disk_is_retried_without_new_writes() {
         run_test(async {
-            let mut storage = FaultyStorage::new();
-            storage.set_capacity(Some(SEGMENT + SEGMENT / 2));
-            let h = harness(Durability::Always, storage).await;
-            let mut n = 0;
-            while h.log.state() == LogState::Ok {
-                let seq = h.set(&format!("k{n}"), 1000);
-                durable_soon(&h.log, seq, "durable while there is room").await;
-                n += 1;
-                assert!(n < 100, "the spare segment never failed");
-            }
+            let (h, _) = log_on_a_full_disk().await;
+            assert_eq!(h.log.state(), LogState::DiskFull);
             // A full node refuses writes, so nothing kicks the writer: it must try again itself.
             h.storage.borrow_mut().set_capacity(None);
             let deadline = Instant::now() + Duration::from_secs(10);
